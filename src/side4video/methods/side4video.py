@@ -1,0 +1,277 @@
+"""Side4Video: a spatial-temporal side network beside a frozen image ViT.
+
+The ViT runs under ``torch.no_grad()``: none of its activations are kept for backward and no
+gradient flows through it. A light network of ``l`` blocks of width ``d`` reads the ViT's
+intermediate tokens (multi-level features) and alone is trained.
+
+Layout of the side network (channel-last throughout, ``x`` is ``(B, T, N, d)``)::
+
+    s_0     = BN3d(Conv3d_(3,p,p)(video))                       stem, no [CLS]
+    z_k     = Linear_D->d(LN_D(Z^{tap k}))                      down-projection of ViT layer tap_k
+    s_in    = s_out + z_k[patches]      (or 0.5 s_out + 0.5 z)  fusion on patch tokens
+    x       = x + PW2(DW_t(PW1(BN3d(x))))                        temporal: depthwise-separable conv
+    x       = x + Attn(q=LN(x)+pos, kv=[shift(z_k[cls]); LN(x)+pos])   [CLS]-shift attention
+    x       = x + MLP(BN3d(x))
+    logits  = Linear(dropout(GAP_{T,H,W}(BN3d(x))))
+
+The post-norm variant (EVA-CLIP E/14) moves each norm after its part (``x + BN(conv(x))``,
+``x + LN(attn(x))``, ``x + BN(mlp(x))``) and checkpoints each part's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..backbones.vit import Attention, VisionTransformer, build_vit, freeze
+
+
+@dataclass(frozen=True)
+class Side4VideoConfig:
+    backbone: str = "ViT-B-16"
+    side_layers: int = 12
+    side_width: int = 320
+    num_classes: int = 400
+    num_frames: int = 8
+    head_width: int = 64  # attention heads = side_width // head_width
+    mlp_ratio: float = 4.0
+    taps: Literal["interval", "top"] = "interval"  # which ViT layers feed a shallower side network
+    fusion: Literal["sum", "avg"] = "sum"  # paper eq. (2): sum; authors' code: 0.5/0.5 average
+    down_norm: Literal["pre", "post"] = "pre"  # paper: Linear(LN(Z)); EVA code: LN(Linear(Z))
+    cls_shift: bool = True
+    post_norm: bool = False  # E/14 variant
+    checkpoint_parts: bool = False  # activation checkpointing of each part of every side block
+    dropout: float = 0.5
+    autocast_backbone: bool = True  # bf16 autocast for the frozen ViT on CUDA
+
+
+def tap_indices(side_layers: int, vit_layers: int, mode: str = "interval") -> list[int]:
+    """0-based ViT block indices read by each side block.
+
+    ``interval``: every (L/l)-th layer, i.e. layers 2, 4, ..., L counting from 1 when l = L/2;
+    ``top``: the last l layers. With l = L both are every layer.
+    """
+    if side_layers > vit_layers:
+        raise ValueError(f"side network of {side_layers} blocks is deeper than the {vit_layers}-block ViT")
+    if mode == "interval":
+        if vit_layers % side_layers:
+            raise ValueError(f"interval taps need {vit_layers} ViT layers to be a multiple of {side_layers}")
+        step = vit_layers // side_layers
+        return [step * (k + 1) - 1 for k in range(side_layers)]
+    if mode == "top":
+        return list(range(vit_layers - side_layers, vit_layers))
+    raise ValueError(f"unknown tap mode {mode!r}; expected 'interval' or 'top'")
+
+
+def shift_cls(cls: torch.Tensor) -> torch.Tensor:
+    """Shift [CLS] channels across frames: ``(B, T, d) -> (B, T, d)``.
+
+    The first half of the channels at frame t comes from frame t+1, the second half from t-1;
+    positions with no such neighbour are zero. Every channel moves.
+    """
+    half = cls.shape[-1] // 2
+    forward = F.pad(cls[:, 1:, :half], (0, 0, 0, 1))  # frame t <- t+1, zero at t = T-1
+    backward = F.pad(cls[:, :-1, half:], (0, 0, 1, 0))  # frame t <- t-1, zero at t = 0
+    return torch.cat([forward, backward], dim=-1)
+
+
+class ChannelBatchNorm(nn.BatchNorm1d):
+    """BatchNorm3d for channel-last tokens: statistics per channel over every other axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+class TemporalConv(nn.Module):
+    """Depthwise-separable temporal convolution: PW 1x1x1 -> depthwise 3x1x1 -> PW 1x1x1."""
+
+    def __init__(self, width: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.pw1 = nn.Linear(width, width)  # a 1x1x1 convolution on channel-last tokens
+        self.dw = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
+        self.pw2 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, n, d = x.shape
+        x = self.pw1(x)  # (B, T, N, d)
+        x = x.permute(0, 2, 3, 1).reshape(b * n, d, t)  # (B*N, d, T)
+        x = self.dw(x)
+        x = x.reshape(b, n, d, t).permute(0, 3, 1, 2)  # (B, T, N, d)
+        return self.pw2(x)
+
+
+class ClsShiftAttention(Attention):
+    """Spatial self-attention whose keys and values also see one extra token (the shifted ViT [CLS])."""
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape  # x: (B*T, N, d); extra: (B*T, 1, d)
+        w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+        src = x if extra is None else torch.cat([extra, x], dim=1)  # (B*T, 1+N, d)
+        q = F.linear(x, w_q, b_q).view(b, n, self.heads, -1).transpose(1, 2)  # (B*T, H, N, hd)
+        kv = F.linear(src, w_kv, b_kv).view(b, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self.attend(q, kv[0], kv[1])
+
+
+class SideMlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SideBlock(nn.Module):
+    """Temporal conv, [CLS]-shift attention and MLP, each a residual part (pre- or post-norm)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, post_norm: bool, checkpoint_parts: bool):
+        super().__init__()
+        self.post_norm = post_norm
+        self.checkpoint_parts = checkpoint_parts
+        self.norm_temporal = ChannelBatchNorm(width)
+        self.temporal = TemporalConv(width)
+        self.norm_attn = nn.LayerNorm(width)
+        self.attn = ClsShiftAttention(width, heads)
+        self.norm_mlp = ChannelBatchNorm(width)
+        self.mlp = SideMlp(width, int(width * mlp_ratio))
+
+    def _temporal(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            return self.norm_temporal(self.temporal(x))
+        return self.temporal(self.norm_temporal(x))
+
+    def _attention(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        b, t, n, d = x.shape
+        h = x if self.post_norm else self.norm_attn(x)
+        h = (h + pos).reshape(b * t, n, d)  # (B*T, N, d)
+        h = self.attn(h, cls.reshape(b * t, 1, d)).view(b, t, n, d)
+        return self.norm_attn(h) if self.post_norm else h
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            return self.norm_mlp(self.mlp(x))
+        return self.mlp(self.norm_mlp(x))
+
+    def _part(self, fn, *args: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_parts and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, N, d); cls: (B, T, d); pos: (N, d)
+        x = x + self._part(self._temporal, x)
+        x = x + self._part(self._attention, x, cls, pos)
+        return x + self._part(self._mlp, x)
+
+
+class DownProjection(nn.Module):
+    """ViT width D -> side width d, on [CLS] and patch tokens: Linear(LN(Z)) or LN(Linear(Z))."""
+
+    def __init__(self, vit_width: int, width: int, norm: str = "pre") -> None:
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"down_norm must be 'pre' or 'post', got {norm!r}")
+        self.norm_first = norm == "pre"
+        self.norm = nn.LayerNorm(vit_width if self.norm_first else width)
+        self.proj = nn.Linear(vit_width, width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(z)) if self.norm_first else self.norm(self.proj(z))
+
+
+class RecognitionHead(nn.Module):
+    """BN3d -> global average pool over T*H*W -> dropout -> Linear."""
+
+    def __init__(self, width: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = ChannelBatchNorm(width)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x).mean(dim=(1, 2))  # (B, T, N, d) -> (B, d)
+        return self.fc(self.dropout(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, Attention):
+        nn.init.trunc_normal_(module.in_proj_weight, std=0.02)
+        nn.init.zeros_(module.in_proj_bias)
+
+
+def backbone_context(device: torch.device, enabled: bool):
+    """Autocast for the frozen ViT: bf16 on CUDA, nothing elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+class Side4Video(nn.Module):
+    """Side4Video for action recognition. Input: a normalised clip ``(B, 3, T, H, W)``."""
+
+    def __init__(self, cfg: Side4VideoConfig, backbone: VisionTransformer | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
+        vit = self.backbone.cfg
+        d, p = cfg.side_width, vit.patch_size
+        if d % cfg.head_width:
+            raise ValueError(f"side width {d} is not a multiple of the head width {cfg.head_width}")
+        self.taps = tap_indices(cfg.side_layers, vit.layers, cfg.taps)
+        self.stem = nn.Conv3d(3, d, kernel_size=(3, p, p), stride=(1, p, p), padding=(1, 0, 0))
+        self.stem_norm = nn.BatchNorm3d(d)
+        self.down = nn.ModuleList(DownProjection(vit.width, d, cfg.down_norm) for _ in self.taps)
+        self.pos_embed = nn.Parameter(torch.randn(vit.num_patches, d) * 0.01)  # shared by all blocks
+        self.blocks = nn.ModuleList(
+            SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts)
+            for _ in self.taps
+        )
+        self.head = self._make_head()
+        for name, module in self.named_modules():
+            if not name.startswith("backbone"):
+                _init_weights(module)
+
+    def _make_head(self) -> nn.Module:
+        return RecognitionHead(self.cfg.side_width, self.cfg.num_classes, self.cfg.dropout)
+
+    def backbone_features(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped ViT tokens, each ``(B*T, 1+N, D)``, computed without autograd."""
+        b, _, t, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * t, 3, h, w)  # (B*T, 3, H, W)
+        with torch.no_grad(), backbone_context(video.device, self.cfg.autocast_backbone):
+            return self.backbone.forward_intermediates(frames, self.taps, num_frames=t)
+
+    def forward_side(self, video: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Run the side network on ``video`` and the ViT features: returns ``(B, T, N, d)``."""
+        b, _, t, _, _ = video.shape
+        x = self.stem_norm(self.stem(video))  # (B, d, T, h, w)
+        x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T, N, d)
+        n, d = x.shape[2], x.shape[3]
+        for down, block, z in zip(self.down, self.blocks, feats, strict=True):
+            z = down(z.to(x.dtype)).view(b, t, n + 1, d)  # (B, T, 1+N, d)
+            patches = z[:, :, 1:]
+            x = x + patches if self.cfg.fusion == "sum" else 0.5 * x + 0.5 * patches
+            cls = shift_cls(z[:, :, 0]) if self.cfg.cls_shift else z[:, :, 0]  # (B, T, d)
+            x = block(x, cls, self.pos_embed)
+        return x
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_side(video, self.backbone_features(video))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(video))
+
+    def train(self, mode: bool = True) -> Side4Video:
+        super().train(mode)
+        self.backbone.eval()  # frozen: never in training mode
+        return self

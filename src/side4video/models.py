@@ -1,0 +1,101 @@
+"""Named presets of every method and ``create_model``.
+
+A preset is a method's model class plus its config dataclass; ``create_model`` applies the
+caller's overrides to the config and builds the model around a (possibly pretrained) backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from .backbones.vit import BACKBONES, VisionTransformer, build_vit
+from .methods.side4video import Side4Video, Side4VideoConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    build: Callable[[Any, VisionTransformer | None], nn.Module]  # the method's model class
+    config: Any  # the method's config dataclass, with this preset's values
+    task: Literal["recognition", "retrieval"] = "recognition"
+    description: str = ""
+
+
+def _side4video(backbone: str, layers: int, width: int, description: str, **kw: Any) -> Preset:
+    cfg = Side4VideoConfig(backbone=backbone, side_layers=layers, side_width=width, **kw)
+    return Preset(Side4Video, cfg, description=description)
+
+
+PRESETS: dict[str, Preset] = {
+    "side4video-b32": _side4video("ViT-B-32", 12, 320, "Side4Video on CLIP ViT-B/32, 12 x 320"),
+    "side4video-b16": _side4video("ViT-B-16", 12, 320, "Side4Video on CLIP ViT-B/16, 12 x 320 (paper: B/16)"),
+    "side4video-b16-light": _side4video("ViT-B-16", 6, 192, "Side4Video light on ViT-B/16, 6 x 192 (paper: B/16 ♥)"),
+    "side4video-l14": _side4video("ViT-L-14", 24, 512, "Side4Video on CLIP ViT-L/14, 24 x 512 (paper: L/14)"),
+    "side4video-l14-light": _side4video("ViT-L-14", 12, 320, "Side4Video light on ViT-L/14, 12 x 320 (paper: L/14 ♥)"),
+    "side4video-e14-light": _side4video(
+        "EVA02-E-14", 32, 576, "Side4Video on EVA-CLIP ViT-E/14, 32 x 576, post-norm (paper: E/14 ♥)",
+        post_norm=True, checkpoint_parts=True,
+    ),
+    "side4video-tiny": _side4video("tiny", 4, 128, "Side4Video on the tiny test ViT, 4 x 128"),
+}
+
+
+def list_models() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return PRESETS[name]
+
+
+def make_config(name: str, **overrides: Any) -> Any:
+    """The preset's config with ``overrides`` applied (unknown keys are an error listing the valid ones)."""
+    cfg = get_preset(name).config
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise KeyError(f"{name}: unknown config keys {unknown}; valid keys: {sorted(fields)}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    num_frames: int | None = None,
+    pretrained: str | Path | None = None,
+    image_size: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build preset ``name``. ``pretrained`` is a backbone checkpoint for ``load_backbone``."""
+    given = {"num_classes": num_classes, "num_frames": num_frames}
+    cfg = make_config(name, **{k: v for k, v in given.items() if v is not None}, **overrides)
+    return build_model(name, cfg, pretrained=pretrained, image_size=image_size)
+
+
+def build_model(
+    name: str, cfg: Any, pretrained: str | Path | None = None, image_size: int | None = None
+) -> nn.Module:
+    """Build preset ``name`` from a full config (a dataclass or the dict saved in a checkpoint)."""
+    preset = get_preset(name)
+    if isinstance(cfg, dict):
+        cfg = make_config(name, **cfg)
+    backbone = None
+    if pretrained is not None:
+        from .backbones.loading import load_backbone
+
+        backbone = load_backbone(pretrained, image_size=image_size)
+        expected = BACKBONES[cfg.backbone].with_image_size(backbone.cfg.image_size)
+        if backbone.cfg != expected:
+            raise ValueError(
+                f"{pretrained} holds a backbone {backbone.cfg} but {name} expects {cfg.backbone}: {expected}"
+            )
+    elif image_size is not None:
+        backbone = build_vit(cfg.backbone, image_size=image_size)
+    return preset.build(cfg, backbone)
