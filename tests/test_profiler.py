@@ -1,0 +1,75 @@
+"""Profiler: the papers' parameter counts and FLOPs, and the accounting rules."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from side4video.backbones.vit import build_vit
+from side4video.profiler import count_macs, profile_model, saved_activation_bytes
+
+# (preset, classes, tunable params in M, GFLOPs for 8 frames x 3 views), Side4Video paper Tables 1-2.
+# The light B/16 is checked against its exact count, 4.4 M (the paper rounds it to 4 M).
+PAPER = [
+    ("side4video-b16-light", 174, 4.4, 445),
+    ("side4video-b16", 174, 21, 528),
+    ("side4video-l14-light", 174, 22, 2092),
+    ("side4video-l14", 174, 102, 2611),
+]
+
+
+@pytest.mark.parametrize(("name", "classes", "params_m", "gflops_3views"), PAPER)
+def test_profiler_reproduces_paper(name, classes, params_m, gflops_3views):
+    prof = profile_model(name, num_classes=classes, frames=8, batch_size=2, device="meta")
+    assert prof.tunable_params / 1e6 == pytest.approx(params_m, rel=0.06)
+    assert prof.gflops_per_view == pytest.approx(gflops_3views / 3, rel=0.04)
+
+
+def test_vit_b16_frame_costs_17_6_gmacs():
+    with torch.device("meta"):
+        vit = build_vit("ViT-B-16")
+        macs = count_macs(vit, torch.randn(1, 3, 224, 224))
+    assert macs / 1e9 == pytest.approx(17.6, rel=0.01)
+
+
+def test_attention_counted_on_cpu_and_meta_alike():
+    torch.manual_seed(0)
+    vit = build_vit("tiny")
+    images = torch.randn(2, 3, 112, 112)
+    with torch.device("meta"):
+        meta_vit = build_vit("tiny")
+    assert count_macs(vit, images) == count_macs(meta_vit, images.to("meta"))
+    cpu = saved_activation_bytes(vit, lambda: vit(images))
+    meta = saved_activation_bytes(meta_vit, lambda: meta_vit(images.to("meta")))
+    assert cpu == meta
+
+
+def test_fused_attention_saves_no_n_by_n_matrix():
+    q = torch.randn(1, 2, 50, 8, requires_grad=True, device="meta")
+    shapes = []
+
+    def forward():
+        out = F.scaled_dot_product_attention(q * 1, q * 1, q * 1)
+        shapes.append(out.shape)
+        return out
+
+    from side4video.profiler import FusedAttention
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t), \
+            FusedAttention():
+        forward()
+    assert all(s[-2:] != (50, 50) for s in saved)
+
+
+def test_activation_bytes_scale_with_batch_and_training_memory_adds_optimizer_state():
+    small = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=2, device="meta")
+    large = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=4, device="meta")
+    assert large.activation_bytes == pytest.approx(2 * small.activation_bytes, rel=0.01)
+    weights = 4 * small.total_params
+    assert small.train_memory_bytes >= small.activation_bytes + weights + 3 * 4 * small.tunable_params
+
+
+def test_e14_light_profiles_on_meta():
+    prof = profile_model("side4video-e14-light", num_classes=174, frames=8, batch_size=1, device="meta")
+    assert prof.total_params / 1e9 == pytest.approx(4.5, rel=0.05)
+    assert prof.tunable_params < 0.05 * prof.total_params
