@@ -15,7 +15,10 @@ from typing import Any, Literal
 from torch import nn
 
 from .backbones.vit import BACKBONES, VisionTransformer, build_vit
+from .methods.baselines import FrozenMeanP, FrozenMeanPConfig, FullFinetune, FullFinetuneConfig
 from .methods.side4video import Side4Video, Side4VideoConfig
+from .methods.st_adapter import STAdapterConfig, STAdapterModel
+from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,48 @@ PRESETS: dict[str, Preset] = {
         post_norm=True, checkpoint_parts=True,
     ),
     "side4video-tiny": _side4video("tiny", 4, 128, "Side4Video on the tiny test ViT, 4 x 128"),
+    "st-adapter-b16": Preset(
+        STAdapterModel, STAdapterConfig("ViT-B-16", bottleneck=384),
+        description="ST-Adapter on CLIP ViT-B/16, 12 x 384 before MHSA (paper: K400)",
+    ),
+    "st-adapter-b16-x2": Preset(
+        STAdapterModel, STAdapterConfig("ViT-B-16", bottleneck=384, placement="attn+mlp"),
+        description="ST-Adapter on CLIP ViT-B/16, 24 x 384 before MHSA and MLP (paper: SSv2)",
+    ),
+    "st-adapter-l14": Preset(
+        STAdapterModel, STAdapterConfig("ViT-L-14", bottleneck=384),
+        description="ST-Adapter on CLIP ViT-L/14, 24 x 384 before MHSA (paper Table 6)",
+    ),
+    "st-adapter-tiny": Preset(
+        STAdapterModel, STAdapterConfig("tiny", bottleneck=64), description="ST-Adapter on the tiny test ViT"
+    ),
+    "zeroi2v-b16": Preset(
+        ZeroI2V, ZeroI2VConfig("ViT-B-16"), description="ZeroI2V on CLIP ViT-B/16: STDHA + 4 x 12 linear adapters"
+    ),
+    "zeroi2v-l14": Preset(
+        ZeroI2V, ZeroI2VConfig("ViT-L-14"), description="ZeroI2V on CLIP ViT-L/14: STDHA + 4 x 24 linear adapters"
+    ),
+    "zeroi2v-tiny": Preset(
+        ZeroI2V, ZeroI2VConfig("tiny", head_offsets=(1, -1)), description="ZeroI2V on the tiny test ViT"
+    ),
+    "frozen-meanp-b16": Preset(
+        FrozenMeanP, FrozenMeanPConfig("ViT-B-16"), description="Linear probe: frozen ViT-B/16, mean of frame CLS"
+    ),
+    "frozen-meanp-l14": Preset(
+        FrozenMeanP, FrozenMeanPConfig("ViT-L-14"), description="Linear probe: frozen ViT-L/14, mean of frame CLS"
+    ),
+    "frozen-meanp-tiny": Preset(
+        FrozenMeanP, FrozenMeanPConfig("tiny"), description="Linear probe on the tiny test ViT"
+    ),
+    "full-finetune-b16": Preset(
+        FullFinetune, FullFinetuneConfig("ViT-B-16"), description="Full fine-tuning of ViT-B/16, mean of frame CLS"
+    ),
+    "full-finetune-l14": Preset(
+        FullFinetune, FullFinetuneConfig("ViT-L-14"), description="Full fine-tuning of ViT-L/14, mean of frame CLS"
+    ),
+    "full-finetune-tiny": Preset(
+        FullFinetune, FullFinetuneConfig("tiny"), description="Full fine-tuning of the tiny test ViT"
+    ),
 }
 
 

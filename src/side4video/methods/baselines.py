@@ -1,0 +1,107 @@
+"""Plain baselines on a CLIP ViT, and the frame-mean classifier they share with ST-Adapter and ZeroI2V.
+
+Every model here runs the ViT on the frames of a clip (folded into the batch), takes the
+[CLS] token after ``ln_post`` (width D, not ``proj``) and averages it over frames::
+
+    f      = mean_t ln_post(ViT(frame_t)[CLS])          (B, D)
+    logits = Linear(dropout(f))
+
+* ``FrozenMeanP``: the ViT is frozen and run under ``torch.no_grad()`` (a linear probe).
+* ``FullFinetune``: every ViT weight trains (optionally with activation checkpointing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..backbones.vit import VisionTransformer, build_vit, freeze
+
+
+class FrameMeanHead(nn.Module):
+    """Dropout then Linear on frame-averaged features, weight init N(0, 0.02), zero bias."""
+
+    def __init__(self, width: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(x))  # (B, D) -> (B, num_classes)
+
+
+class FrameMeanClassifier(nn.Module):
+    """A ViT run per frame, mean of ``ln_post([CLS])`` over frames, :class:`FrameMeanHead`.
+
+    ``cfg`` needs ``num_classes`` and ``dropout``. Subclasses decide what trains and how the
+    ViT is modified (adapters at its injection points, another attention layer ...).
+    """
+
+    def __init__(self, cfg, backbone: VisionTransformer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = FrameMeanHead(backbone.width, cfg.num_classes, cfg.dropout)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Frame-averaged ``ln_post([CLS])``: ``(B, 3, T, H, W) -> (B, D)``."""
+        if video.ndim != 5:
+            raise ValueError(f"expected a clip (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        b, c, t, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, 3, H, W)
+        tokens = self.backbone.forward_features(frames, num_frames=t)  # (B*T, 1+N, D)
+        cls = self.backbone.ln_post(tokens[:, 0])  # (B*T, D)
+        return cls.view(b, t, -1).mean(dim=1)  # (B, D)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(video))
+
+
+@dataclass(frozen=True)
+class FrozenMeanPConfig:
+    backbone: str = "ViT-B-16"
+    num_classes: int = 400
+    num_frames: int = 8
+    dropout: float = 0.5
+
+
+class FrozenMeanP(FrameMeanClassifier):
+    """Linear probe: frozen ViT under ``no_grad``, only the head trains."""
+
+    def __init__(self, cfg: FrozenMeanPConfig, backbone: VisionTransformer | None = None) -> None:
+        super().__init__(cfg, freeze(backbone if backbone is not None else build_vit(cfg.backbone)))
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return super().forward_features(video)
+
+    def train(self, mode: bool = True) -> FrozenMeanP:
+        super().train(mode)
+        self.backbone.eval()  # frozen: never in training mode
+        return self
+
+
+@dataclass(frozen=True)
+class FullFinetuneConfig(FrozenMeanPConfig):
+    grad_checkpointing: bool = False  # recompute each ViT block in backward instead of storing it
+
+
+class FullFinetune(FrameMeanClassifier):
+    """Every ViT weight and the head train.
+
+    ``proj`` (and EVA's ``proj_bias``) are not used by the classifier: they are frozen so that
+    optimisers and DDP never see parameters that get no gradient.
+    """
+
+    def __init__(self, cfg: FullFinetuneConfig, backbone: VisionTransformer | None = None) -> None:
+        vit = backbone if backbone is not None else build_vit(cfg.backbone)
+        vit.requires_grad_(True)
+        for p in (vit.proj, vit.proj_bias):
+            if p is not None:
+                p.requires_grad_(False)
+        vit.grad_checkpointing = cfg.grad_checkpointing
+        super().__init__(cfg, vit)
