@@ -1,0 +1,213 @@
+"""``VideoClipDataset``: annotation list -> sampled, decoded, augmented clips; ``collate_clips`` for batches.
+
+Views. Training returns ``repeated_aug`` independently sampled and augmented copies of a video. Testing
+returns ``num_clips * num_crops`` views ordered clip-major: view ``v`` is temporal clip ``v // num_crops``
+and spatial crop ``v % num_crops``.
+
+Randomness. Every draw comes from a generator seeded with ``(seed, epoch, index, attempt)``, so a sample
+depends neither on DataLoader worker scheduling nor on what was loaded before: a resumed run reproduces
+its clips after ``set_epoch(epoch)``. With ``persistent_workers=True`` the workers keep the epoch they
+started with, so use non-persistent workers (the default) when calling ``set_epoch``.
+
+Bad videos (missing, empty, undecodable, too short) are never replaced by zeros. ``bad_sample_policy``:
+``"fail"`` raises ``VideoReadError``; ``"skip"`` returns a ``BadSample`` that ``collate_clips`` leaves out of
+the batch and reports; ``"resample"`` loads other random entries (at most ``max_resample``) and reports
+the bad ones under ``"bad"`` in the returned sample (its ``"index"`` is then the entry actually loaded).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .lists import ListKind, VideoRecord, read_annotation_list
+from .sampling import Sampling, sample_indices
+from .transforms import AugmentConfig, eval_views, train_clip
+from .video import ReadErrorKind, VideoReadError, count_frames, read_frame_folder, read_video_frames
+
+BadSamplePolicy = Literal["skip", "resample", "fail"]
+
+
+@dataclass(frozen=True)
+class BadSample:
+    index: int
+    path: str
+    reason: str
+    kind: ReadErrorKind = "undecodable"
+
+
+class VideoClipDataset(Dataset):
+    """Clips of the videos (files or frame folders) of an mmaction2-style annotation list.
+
+    ``__getitem__(i)`` returns ``{"video": float32 (R, 3, T, H, W), "label": int, "view_labels": int64 (R,),
+    "index": int, "path": str}`` (plus ``"bad": list[BadSample]`` under the resample policy), or a
+    ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"`` are the
+    per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
+    """
+
+    def __init__(
+        self,
+        list_file: str | os.PathLike,
+        data_root: str | os.PathLike | None,
+        *,
+        num_frames: int,
+        train: bool,
+        image_size: int = 224,
+        sampling: Sampling = "segment",
+        frame_interval: int = 1,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        test_short_side: int | None = None,
+        augment: AugmentConfig | None = None,
+        repeated_aug: int = 1,
+        bad_sample_policy: BadSamplePolicy = "skip",
+        frames_template: str = "img_{:05d}.jpg",
+        seed: int = 0,
+        min_frames: int = 1,
+        max_resample: int = 10,
+        list_kind: ListKind = "auto",
+    ):
+        if bad_sample_policy not in ("skip", "resample", "fail"):
+            raise ValueError(f"bad_sample_policy must be skip, resample or fail, got {bad_sample_policy!r}")
+        if sampling not in ("segment", "dense"):
+            raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
+        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample) < 1:
+            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample"
+            raise ValueError(f"{names} must all be positive")
+        self.list_file = os.fspath(list_file)
+        self.data_root = os.fspath(data_root) if data_root else ""
+        self.records: list[VideoRecord] = read_annotation_list(self.list_file, list_kind)
+        self.num_frames = num_frames
+        self.train = train
+        self.image_size = image_size
+        self.sampling = sampling
+        self.frame_interval = frame_interval
+        self.num_clips = num_clips
+        self.num_crops = num_crops
+        self.test_short_side = test_short_side
+        self.augment = augment or AugmentConfig()
+        self.repeated_aug = repeated_aug
+        self.bad_sample_policy = bad_sample_policy
+        self.frames_template = frames_template
+        self.seed = seed
+        self.min_frames = min_frames
+        self.max_resample = max_resample
+        self.epoch = 0
+
+    @property
+    def num_views(self) -> int:
+        return self.repeated_aug if self.train else self.num_clips * self.num_crops
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.data_root, self.records[index].path)
+
+    def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+
+    def _video_length(self, record: VideoRecord, path: str) -> int:
+        if record.num_frames is None:
+            n = count_frames(path)
+        elif not os.path.isdir(path):
+            raise VideoReadError(path, "missing frame folder", "missing")
+        else:
+            n = record.num_frames
+        if n == 0:
+            raise VideoReadError(path, "empty: 0 frames", "empty")
+        if n < self.min_frames:
+            reason = f"too short: {n} frames, at least {self.min_frames} needed"
+            raise VideoReadError(path, reason, "too_short")
+        return n
+
+    def _read(self, record: VideoRecord, path: str, indices: np.ndarray) -> np.ndarray:
+        if record.num_frames is None:
+            return read_video_frames(path, indices)
+        return read_frame_folder(path, indices, template=self.frames_template)
+
+    def clip_indices(self, num_video_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Frame indices of every clip: ``repeated_aug`` random ones in training, ``num_clips`` at test."""
+        args = (self.sampling, num_video_frames, self.num_frames)
+        kw = dict(train=self.train, frame_interval=self.frame_interval)
+        if self.train:
+            return [sample_indices(*args, rng=rng, **kw) for _ in range(self.repeated_aug)]
+        k_of = self.num_clips
+        return [sample_indices(*args, clip_index=k, num_clips=k_of, **kw) for k in range(k_of)]
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """The sample of entry ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
+        record, path = self.records[index], self.path(index)
+        n = self._video_length(record, path)
+        clips = self.clip_indices(n, rng)
+        frames = self._read(record, path, np.concatenate(clips))  # one decoding pass for all clips
+        frames = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+        if self.train:
+            pairs = [train_clip(f, record.label, self.augment, self.image_size, rng) for f in frames]
+            views, view_labels = zip(*pairs, strict=True)
+        else:
+            crop = dict(num_crops=self.num_crops, short_side=self.test_short_side, mean=self.augment.mean,
+                        std=self.augment.std)
+            views = [v for f in frames for v in eval_views(f, self.image_size, **crop)]
+            view_labels = [record.label] * len(views)
+        return {
+            "video": torch.stack(views),  # (R, 3, T, H, W)
+            "label": record.label,
+            "view_labels": torch.tensor(view_labels, dtype=torch.long),  # (R,)
+            "index": index,
+            "path": path,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        try:
+            return self.load(index, self._rng(index))
+        except VideoReadError as e:
+            if self.bad_sample_policy == "fail":
+                raise
+            bad = [BadSample(index, e.path, e.reason, e.kind)]
+        if self.bad_sample_policy == "skip":
+            return bad[0]
+        for attempt in range(1, self.max_resample + 1):
+            rng = self._rng(index, attempt)
+            other = int(rng.integers(len(self)))
+            try:
+                return {**self.load(other, rng), "bad": bad}
+            except VideoReadError as e:
+                bad.append(BadSample(other, e.path, e.reason, e.kind))
+        tried = ", ".join(b.path for b in bad[1:])
+        reason = f"{bad[0].reason}; the {self.max_resample} entries resampled instead failed too: {tried}"
+        return BadSample(index, bad[0].path, reason, bad[0].kind)
+
+
+def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
+    """Stack the good samples and report the bad ones.
+
+    Returns ``{"video": (B, R, 3, T, H, W) or None when no sample is good, "label": (B,), "view_labels":
+    (B, R), "index": (B,), "path": list[str], "bad": list[BadSample]}``.
+    """
+    good = [b for b in batch if not isinstance(b, BadSample)]
+    bad = [b for b in batch if isinstance(b, BadSample)] + [x for b in good for x in b.get("bad", [])]
+    if not good:
+        empty = torch.empty(0, dtype=torch.long)
+        return {"video": None, "label": empty, "view_labels": empty.view(0, 0), "index": empty, "path": [],
+                "bad": bad}
+    return {
+        "video": torch.stack([b["video"] for b in good]),
+        "label": torch.tensor([b["label"] for b in good], dtype=torch.long),
+        "view_labels": torch.stack([b["view_labels"] for b in good]),
+        "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
+        "path": [b["path"] for b in good],
+        "bad": bad,
+    }

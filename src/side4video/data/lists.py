@@ -1,0 +1,109 @@
+"""Annotation lists (mmaction2 style) and label-name files.
+
+Video list, one entry per line:          ``path label``
+Frame-folder list, one entry per line:   ``dir num_frames label``
+
+Blank lines and lines starting with ``#`` are ignored. Fields are separated by whitespace, so paths cannot
+contain spaces. A list holds one kind of entry; with ``kind="auto"`` the first entry decides which.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+ListKind = Literal["auto", "video", "frames"]
+
+
+class ListFormatError(ValueError):
+    """A malformed line of an annotation or label-name file."""
+
+    def __init__(self, file: str, line: int, reason: str):
+        super().__init__(f"{file}:{line}: {reason}")
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.file, self.line, self.reason)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: str  # as written in the list, relative to the data root
+    label: int
+    num_frames: int | None  # given by frame-folder lists; None for video files
+    line: int  # 1-based line number in the list file
+
+
+def _parse_int(text: str, what: str, file: str, line: int) -> int:
+    if not re.fullmatch(r"\d+", text):
+        raise ListFormatError(file, line, f"{what} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def parse_annotation_list(
+    list_file: str, kind: ListKind = "auto"
+) -> tuple[list[VideoRecord], list[ListFormatError]]:
+    """Parse every line, collecting malformed ones instead of stopping at the first."""
+    records: list[VideoRecord] = []
+    errors: list[ListFormatError] = []
+    with open(list_file, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            fields = text.split()
+            if kind == "auto" and len(fields) in (2, 3):
+                kind = "video" if len(fields) == 2 else "frames"
+            want = {"video": 2, "frames": 3}.get(kind)
+            if len(fields) != want:
+                layout = {"video": "'path label'", "frames": "'dir num_frames label'"}.get(
+                    kind, "'path label' or 'dir num_frames label'"
+                )
+                errors.append(ListFormatError(list_file, lineno, f"expected {layout}, got {text!r}"))
+                continue
+            try:
+                num_frames = _parse_int(fields[1], "num_frames", list_file, lineno) if want == 3 else None
+                label = _parse_int(fields[-1], "label", list_file, lineno)
+            except ListFormatError as e:
+                errors.append(e)
+                continue
+            records.append(VideoRecord(fields[0], label, num_frames, lineno))
+    return records, errors
+
+
+def read_annotation_list(list_file: str, kind: ListKind = "auto") -> list[VideoRecord]:
+    """Records of ``list_file``; raises ``ListFormatError`` (file and line) on the first malformed line."""
+    records, errors = parse_annotation_list(list_file, kind)
+    if errors:
+        raise errors[0]
+    return records
+
+
+def read_label_names(path: str) -> list[str]:
+    """Class names indexed by label id.
+
+    Accepts one name per line (line order gives the id), or ``id name`` / ``id,name`` per line (an
+    ``id,name`` header is skipped); with ids, they must cover 0..N-1 exactly once.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = [(n, line.strip()) for n, line in enumerate(f, start=1)]
+    lines = [(n, t) for n, t in lines if t and not t.startswith("#")]
+    if lines and lines[0][1].replace(" ", "").lower() == "id,name":
+        lines = lines[1:]
+    pattern = re.compile(r"(\d+)\s*[,\s]\s*(\S.*)")
+    matches = [pattern.fullmatch(t) for _, t in lines]
+    if not lines or not all(matches):
+        return [t for _, t in lines]
+    names: dict[int, str] = {}
+    for (n, _), m in zip(lines, matches, strict=True):
+        i = int(m.group(1))
+        if i in names:
+            raise ListFormatError(path, n, f"label id {i} given twice")
+        names[i] = m.group(2).strip()
+    if sorted(names) != list(range(len(names))):
+        gaps = sorted(set(range(max(names) + 1)) - names.keys())[:5]
+        raise ListFormatError(path, lines[-1][0], f"label ids must be 0..{len(names) - 1}; missing {gaps}")
+    return [names[i] for i in range(len(names))]
