@@ -272,6 +272,27 @@ def test_export_writes_a_verified_merged_model_that_loads_back(tmp_path):
         torch.testing.assert_close(loaded(video), model(video), rtol=0, atol=1e-5)
 
 
+def test_export_of_a_trainable_only_checkpoint_takes_frozen_weights_from_pretrained(tmp_path):
+    torch.manual_seed(0)
+    vit = build_vit("tiny", image_size=SIZE)
+    torch.save(vit.state_dict(), tmp_path / "clip.pt")
+    model = randomise(ZeroI2V(ZeroI2VConfig("tiny", num_classes=4, num_frames=3, head_offsets=(1, -1)),
+                              copy.deepcopy(vit))).eval()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    ckpt = {"model_name": "zeroi2v-tiny", "model_config": dataclasses.asdict(model.cfg),
+            "model": {k: v for k, v in model.state_dict().items() if k in trainable},
+            "train_config": {"pretrained": str(tmp_path / "clip.pt"), "image_size": SIZE}}
+    torch.save(ckpt, tmp_path / "last.pt")
+    out = export_merged(tmp_path / "last.pt", tmp_path / "export")
+    video = clip()
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(out)(video), model(video), rtol=0, atol=1e-5)
+    del ckpt["train_config"]
+    torch.save(ckpt, tmp_path / "bare.pt")
+    with pytest.raises(KeyError, match="no pretrained backbone"):
+        export_merged(tmp_path / "bare.pt", tmp_path / "export2")
+
+
 def test_export_refuses_a_merge_that_fails_the_check(tmp_path, monkeypatch):
     model = randomise(tiny())
     save_checkpoint(tmp_path / "last.pt", model)

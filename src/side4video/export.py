@@ -30,20 +30,42 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_KEYS = ("model_name", "model_config", "model")
 
 
-def _image_size(state: dict[str, torch.Tensor], backbone: str, source: str | Path) -> int:
-    """Input resolution implied by the backbone's positional embedding ``(1 + g*g, D)``."""
-    key = "backbone.positional_embedding"
-    if key not in state:
-        raise KeyError(f"{source}: state_dict has no {key!r}; not a model built on a ViT backbone")
-    grid = math.isqrt(state[key].shape[0] - 1)
-    return grid * BACKBONES[backbone].patch_size
+def _image_size(ckpt: dict[str, Any], backbone: str) -> int | None:
+    """The run's input resolution: its ``train_config``, else the saved positional embedding ``(1 + g*g, D)``."""
+    train_config = ckpt.get("train_config") or {}
+    if train_config.get("image_size") is not None:
+        return int(train_config["image_size"])
+    pos = ckpt["model"].get("backbone.positional_embedding")
+    return None if pos is None else math.isqrt(pos.shape[0] - 1) * BACKBONES[backbone].patch_size
 
 
-def _materialise(name: str, cfg: Any, state: dict[str, torch.Tensor], image_size: int) -> nn.Module:
-    """Build preset ``name`` without initialising weights and load ``state`` into it (strictly)."""
+def _materialise(name: str, cfg: Any, state: dict[str, torch.Tensor], image_size: int | None) -> nn.Module:
+    """Build preset ``name`` without initialising weights and load the complete ``state`` into it."""
     with torch.device("meta"):
         model = build_model(name, cfg, image_size=image_size)
     model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _load_trained(
+    name: str, cfg: Any, ckpt: dict[str, Any], image_size: int | None, pretrained: str | Path | None, source: Path
+) -> nn.Module:
+    """The checkpoint's model; a trainable-only checkpoint takes its frozen weights from ``pretrained``."""
+    state = ckpt["model"]
+    with torch.device("meta"):
+        absent = build_model(name, cfg, image_size=image_size).state_dict().keys() - state.keys()
+    if not absent:
+        return _materialise(name, cfg, state, image_size)
+    pretrained = pretrained if pretrained is not None else (ckpt.get("train_config") or {}).get("pretrained")
+    if pretrained is None:
+        raise KeyError(f"{source}: the checkpoint lacks {len(absent)} weights (e.g. {sorted(absent)[:3]}) "
+                       "and no pretrained backbone was given to supply the frozen ones")
+    model = build_model(name, cfg, pretrained=pretrained, image_size=image_size)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trainable_missing = [k for k in missing if model.get_parameter(k).requires_grad]
+    if trainable_missing or unexpected:
+        raise RuntimeError(f"{source}: state_dict does not match {name}: missing trainable "
+                           f"{trainable_missing[:10]}, unexpected {unexpected[:10]}")
     return model.eval()
 
 
@@ -58,13 +80,15 @@ def export_merged(
     checkpoint_path: str | Path,
     out_dir: str | Path,
     atol: float = 1e-5,
+    pretrained: str | Path | None = None,
     num_clips: int = 2,
     seed: int = 0,
 ) -> Path:
     """Merge the adapters of a checkpoint's model, verify, and write ``out_dir``; returns ``out_dir``.
 
-    Raises ``ValueError`` (and writes nothing) when merged and unmerged outputs differ by more
-    than ``atol`` on ``num_clips`` random clips.
+    ``pretrained`` (default: the run's ``train_config["pretrained"]``) is needed only for a
+    checkpoint saved without its frozen weights. Raises ``ValueError`` (and writes nothing) when
+    merged and unmerged outputs differ by more than ``atol`` on ``num_clips`` random clips.
     """
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -73,12 +97,12 @@ def export_merged(
         raise KeyError(f"{checkpoint_path}: checkpoint lacks {missing} (has {sorted(ckpt)})")
     name = ckpt["model_name"]
     cfg = make_config(name, **ckpt["model_config"])
-    image_size = _image_size(ckpt["model"], cfg.backbone, checkpoint_path)
-    model = _materialise(name, cfg, ckpt["model"], image_size).float()
+    model = _load_trained(name, cfg, ckpt, _image_size(ckpt, cfg.backbone), pretrained, checkpoint_path).float()
     if not hasattr(model, "reparameterize"):
         raise TypeError(f"{checkpoint_path}: {name} ({type(model).__name__}) has no reparameterize() to merge")
     merged = model.reparameterize().eval()
 
+    image_size = model.backbone.cfg.image_size
     clips = torch.randn(num_clips, 3, cfg.num_frames, image_size, image_size,
                         generator=torch.Generator().manual_seed(seed))
     diff = max_output_difference(model, merged, clips)
