@@ -16,6 +16,7 @@ from torch import nn
 
 from .backbones.vit import BACKBONES, VisionTransformer, build_vit
 from .methods.baselines import FrozenMeanP, FrozenMeanPConfig, FullFinetune, FullFinetuneConfig
+from .methods.retrieval import Clip4ClipConfig, Clip4ClipFrozen, RetrievalConfig, Side4VideoRetrieval
 from .methods.side4video import Side4Video, Side4VideoConfig
 from .methods.st_adapter import STAdapterConfig, STAdapterModel
 from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig
@@ -86,6 +87,46 @@ PRESETS: dict[str, Preset] = {
     ),
     "full-finetune-tiny": Preset(
         FullFinetune, FullFinetuneConfig("tiny"), description="Full fine-tuning of the tiny test ViT"
+    ),
+    "side4video-retrieval-b32": Preset(
+        Side4VideoRetrieval, RetrievalConfig("ViT-B-32", side_layers=12), "retrieval",
+        "Side4Video retrieval on CLIP ViT-B/32, 12 x 320, token-wise matching (paper Table 6)",
+    ),
+    "side4video-retrieval-b16": Preset(
+        Side4VideoRetrieval, RetrievalConfig("ViT-B-16", side_layers=12), "retrieval",
+        "Side4Video retrieval on CLIP ViT-B/16, 12 x 320, token-wise matching",
+    ),
+    "side4video-retrieval-l14": Preset(
+        Side4VideoRetrieval, RetrievalConfig("ViT-L-14", side_layers=24), "retrieval",
+        "Side4Video retrieval on CLIP ViT-L/14, 24 x 320, token-wise matching",
+    ),
+    "side4video-retrieval-e14": Preset(
+        Side4VideoRetrieval,
+        RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True),
+        "retrieval",
+        "Side4Video retrieval on EVA-CLIP ViT-E/14, 32 x 320 post-norm, token-wise matching",
+    ),
+    "side4video-retrieval-tiny": Preset(
+        Side4VideoRetrieval,
+        RetrievalConfig("tiny", num_frames=4, side_layers=4, side_width=128, text_length=16),
+        "retrieval",
+        "Side4Video retrieval on the tiny test ViT, 4 x 128",
+    ),
+    "clip4clip-frozen-b32": Preset(
+        Clip4ClipFrozen, Clip4ClipConfig("ViT-B-32"), "retrieval",
+        "CLIP4Clip meanP with a frozen ViT-B/32, trained text tower (paper: CLIP4Clip 🔒 ViT)",
+    ),
+    "clip4clip-frozen-b16": Preset(
+        Clip4ClipFrozen, Clip4ClipConfig("ViT-B-16"), "retrieval",
+        "CLIP4Clip meanP with a frozen ViT-B/16, trained text tower",
+    ),
+    "clip4clip-frozen-l14": Preset(
+        Clip4ClipFrozen, Clip4ClipConfig("ViT-L-14"), "retrieval",
+        "CLIP4Clip meanP with a frozen ViT-L/14, trained text tower",
+    ),
+    "clip4clip-frozen-tiny": Preset(
+        Clip4ClipFrozen, Clip4ClipConfig("tiny", num_frames=4, text_length=16), "retrieval",
+        "CLIP4Clip meanP with the frozen tiny test ViT",
     ),
 }
 
