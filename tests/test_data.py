@@ -25,7 +25,9 @@ from side4video.data import (
     dense_indices,
     eval_views,
     format_report,
+    header_frame_count,
     make_corrupt_video,
+    read_all_frames,
     read_annotation_list,
     read_frame_folder,
     read_label_names,
@@ -114,6 +116,29 @@ def test_frame_accurate_decode(numbered, codec, seek_gap):
     assert frames.shape == (8, 32, 32, 3)
     assert frames.dtype == np.uint8
     np.testing.assert_array_equal(frame_numbers(frames), indices)
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".mkv", "libx264"), (".ts", "libx264"), (".avi", "mpeg4"),
+                                              (".h264", "libx264"), (".webm", "libvpx-vp9")])  # fmt: skip
+def test_decode_other_containers(tmp_path, suffix, codec):
+    """No frame count in the header (Matroska, WebM, MPEG-TS, raw H.264), imprecise seeks (MPEG-TS), no
+    timestamps at all (raw H.264): frames are still exact."""
+    path = str(tmp_path / f"v{suffix}")
+    write_video(path, numbered_frames(30), codec=codec, gop_size=8)
+    for seek_gap in (2, 48):
+        frames = read_video_frames(path, [25, 3, 14, 29, 3], seek_gap=seek_gap)
+        np.testing.assert_array_equal(frame_numbers(frames), [25, 3, 14, 29, 3])
+    np.testing.assert_array_equal(frame_numbers(read_all_frames(path)), np.arange(30))
+    assert count_frames(path) == 30
+    assert header_frame_count(path) in (None, 30)
+
+
+def test_dataset_reads_videos_without_frame_count(tmp_path):
+    write_video(tmp_path / "a.mkv", numbered_frames(16, size=32) + 10)
+    assert header_frame_count(str(tmp_path / "a.mkv")) is None
+    ds = _dataset(tmp_path, _write_list(tmp_path / "l.txt", [("a.mkv", 0)]), train=False)
+    grey = ds[0]["video"][0, 0].mean(dim=(1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]  # (T,)
+    assert torch.round((grey * 255 - 10) / 6).long().tolist() == [2, 6, 10, 14]  # centres of 4 segments
 
 
 class _CountingContainer:

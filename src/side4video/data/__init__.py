@@ -14,7 +14,14 @@ from .synthetic import (
     write_video,
 )
 from .transforms import CLIP_MEAN, CLIP_STD, SS_FLIP_PAIRS, AugmentConfig, eval_views, train_clip
-from .video import VideoReadError, count_frames, read_frame_folder, read_video_frames
+from .video import (
+    VideoReadError,
+    count_frames,
+    header_frame_count,
+    read_all_frames,
+    read_frame_folder,
+    read_video_frames,
+)
 
 __all__ = [
     "CLIP_MEAN",
@@ -37,9 +44,11 @@ __all__ = [
     "dense_indices",
     "eval_views",
     "format_report",
+    "header_frame_count",
     "make_corrupt_video",
     "make_motion_dataset",
     "parse_annotation_list",
+    "read_all_frames",
     "read_annotation_list",
     "read_frame_folder",
     "read_label_names",

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .lists import ListKind, VideoRecord, parse_annotation_list
-from .video import VideoReadError, count_frames
+from .video import VideoReadError, count_frames, header_frame_count
 
 ProblemKind = Literal["malformed", "missing", "empty", "undecodable", "too_short"]
 
@@ -47,10 +47,10 @@ def _frame_count(record: VideoRecord, path: str, template: str, decode: bool) ->
     """Frames a video really has; raises ``VideoReadError`` for missing, empty or undecodable ones."""
     if record.num_frames is None:
         n = count_frames(path, decode=decode)
-        if decode:
-            header = count_frames(path)
-            if n < header:
-                raise VideoReadError(path, f"truncated: header says {header} frames, {n} decode", "undecodable")
+        header = header_frame_count(path) if decode else None
+        if header is not None and n < header:
+            reason = f"truncated: the header says {header} frames, {n} decode"
+            raise VideoReadError(path, reason, "undecodable")
         return n
     if not os.path.isdir(path):
         raise VideoReadError(path, "missing frame folder", "missing")

@@ -18,7 +18,9 @@ the bad ones under ``"bad"`` in the returned sample (its ``"index"`` is then the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +30,14 @@ from torch.utils.data import Dataset
 from .lists import ListKind, VideoRecord, read_annotation_list
 from .sampling import Sampling, sample_indices
 from .transforms import AugmentConfig, eval_views, train_clip
-from .video import ReadErrorKind, VideoReadError, count_frames, read_frame_folder, read_video_frames
+from .video import (
+    ReadErrorKind,
+    VideoReadError,
+    header_frame_count,
+    read_all_frames,
+    read_frame_folder,
+    read_video_frames,
+)
 
 BadSamplePolicy = Literal["skip", "resample", "fail"]
 
@@ -119,24 +128,23 @@ class VideoClipDataset(Dataset):
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, attempt])
 
-    def _video_length(self, record: VideoRecord, path: str) -> int:
-        if record.num_frames is None:
-            n = count_frames(path)
-        elif not os.path.isdir(path):
-            raise VideoReadError(path, "missing frame folder", "missing")
-        else:
-            n = record.num_frames
+    def _source(self, record: VideoRecord, path: str) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
+        """Frame count of a video and a function reading its frames by index."""
+        if record.num_frames is not None:
+            if not os.path.isdir(path):
+                raise VideoReadError(path, "missing frame folder", "missing")
+            n, read = record.num_frames, partial(read_frame_folder, path, template=self.frames_template)
+        elif (n := header_frame_count(path)) is not None:
+            read = partial(read_video_frames, path)
+        else:  # the container gives no count (WebM, Matroska, ...): decode the whole video once
+            frames = read_all_frames(path)
+            n, read = len(frames), frames.__getitem__
         if n == 0:
             raise VideoReadError(path, "empty: 0 frames", "empty")
         if n < self.min_frames:
             reason = f"too short: {n} frames, at least {self.min_frames} needed"
             raise VideoReadError(path, reason, "too_short")
-        return n
-
-    def _read(self, record: VideoRecord, path: str, indices: np.ndarray) -> np.ndarray:
-        if record.num_frames is None:
-            return read_video_frames(path, indices)
-        return read_frame_folder(path, indices, template=self.frames_template)
+        return n, read
 
     def clip_indices(self, num_video_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Frame indices of every clip: ``repeated_aug`` random ones in training, ``num_clips`` at test."""
@@ -150,9 +158,9 @@ class VideoClipDataset(Dataset):
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample of entry ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
         record, path = self.records[index], self.path(index)
-        n = self._video_length(record, path)
+        n, read = self._source(record, path)
         clips = self.clip_indices(n, rng)
-        frames = self._read(record, path, np.concatenate(clips))  # one decoding pass for all clips
+        frames = read(np.concatenate(clips))  # one decoding pass for all clips
         frames = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         if self.train:
             pairs = [train_clip(f, record.label, self.augment, self.image_size, rng) for f in frames]

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 MOTION_CLASSES = ("left", "right", "up", "down")
-_QUALITY = {"libx264": {"crf": "10", "preset": "ultrafast"}, "mpeg4": {"qscale": "2"}}
+# Near-lossless settings, so that decoded pixel values can be checked.
+_QUALITY = {"libx264": {"crf": "10", "preset": "ultrafast"}, "mpeg4": {"b": "4000000"}}
 
 
 def write_video(
@@ -31,8 +32,9 @@ def write_video(
     gop_size: int | None = None,
     faststart: bool = False,
 ) -> None:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames (even H and W) as yuv420p with PyAV; ``faststart`` writes
-    the index (moov atom) at the start of an MP4 instead of the end."""
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames (even H and W) as yuv420p with PyAV, in the container the
+    file extension names (.mp4, .mkv, .webm, .avi, .ts, .h264, ...); ``faststart`` writes the index (moov
+    atom) at the start of an MP4 instead of the end."""
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")

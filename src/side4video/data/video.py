@@ -61,6 +61,24 @@ def _frame_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
     return Fraction(rate) if rate else None
 
 
+def header_frame_count(path: str) -> int | None:
+    """The frame count the container declares, or None when it gives none (e.g. WebM, Matroska)."""
+    with _open(path) as container:
+        return container.streams.video[0].frames or None
+
+
+def read_all_frames(path: str) -> np.ndarray:
+    """Every frame of a video file, in presentation order: ``(N, H, W, 3)`` uint8 RGB."""
+    with _open(path) as container:
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        except av.error.FFmpegError as e:
+            raise VideoReadError(path, f"undecodable: {e}") from e
+    if not frames:
+        raise VideoReadError(path, "empty: no decodable frame", "empty")
+    return np.stack(frames)
+
+
 def count_frames(path: str, *, decode: bool = False) -> int:
     """Number of frames of a video file: the stream header's count, or by decoding every frame when the
     header gives none (or when ``decode`` is set, which also proves every frame decodes)."""
@@ -81,7 +99,8 @@ def _runs(wanted: np.ndarray, gap: int) -> list[np.ndarray]:
 
 
 def _timed(stream: av.video.stream.VideoStream) -> bool:
-    return _frame_rate(stream) is not None and stream.time_base is not None
+    """Whether frames can be located by pts (raw elementary streams, for one, have no timing)."""
+    return _frame_rate(stream) is not None and stream.time_base is not None and stream.start_time is not None
 
 
 def _decode_run(
@@ -90,21 +109,20 @@ def _decode_run(
     run: np.ndarray,
     found: dict[int, np.ndarray],
     *,
-    seek: bool,
+    start_from: Literal["keyframe", "here"],
 ) -> bool:
     """Decode forward until every index of ``run`` (sorted) is in ``found``.
 
-    Frames are placed by pts when the stream is timed (a frame without pts is never guessed), else by
-    counting from the first frame. ``seek`` jumps first to the keyframe at or before ``run[0]``; otherwise
-    decoding restarts from the first frame. Returns False when a seek overshot ``run[0]``.
+    ``start_from``: seek to the keyframe at or before ``run[0]``, or go on from where the container is
+    (a freshly opened one: its first frame). Frames are placed by pts when the stream is timed (a frame
+    without pts is skipped, never guessed), else by counting from the first frame. Returns False when a
+    seek overshot ``run[0]``.
     """
     timed, start = _timed(stream), stream.start_time or 0
-    if seek:
+    if start_from == "keyframe":
         pts = start + int(Fraction(int(run[0])) / _frame_rate(stream) / stream.time_base)
         container.seek(pts, stream=stream, backward=True)
-    else:
-        container.seek(start, stream=stream, backward=True)
-    todo, last = set(run.tolist()) - found.keys(), int(run[-1])
+    todo, last, first = set(run.tolist()) - found.keys(), int(run[-1]), True
     for count, frame in enumerate(container.decode(stream)):
         if not timed:
             index = count
@@ -112,8 +130,9 @@ def _decode_run(
             continue
         else:
             index = round((frame.pts - start) * stream.time_base * _frame_rate(stream))
-        if count == 0 and seek and index > run[0]:
+        if first and start_from == "keyframe" and index > run[0]:
             return False
+        first = False
         if index in todo:
             found[index] = frame.to_ndarray(format="rgb24")
             todo.discard(index)
@@ -132,21 +151,24 @@ def read_video_frames(path: str, indices: Sequence[int], *, seek_gap: int = SEEK
     if indices.size == 0 or indices.min() < 0:
         raise ValueError(f"frame indices must be a non-empty list of non-negative ints, got {indices}")
     wanted = np.unique(indices)  # sorted
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        if stream.frames > 0 and wanted[-1] >= stream.frames:
-            reason = f"too short: frame {wanted[-1]} requested, video has {stream.frames}"
-            raise VideoReadError(path, reason, "too_short")
-        found: dict[int, np.ndarray] = {}
-        try:
-            if _timed(stream):
-                for run in _runs(wanted, seek_gap):
-                    if not _decode_run(container, stream, run, found, seek=True):
-                        _decode_run(container, stream, run, found, seek=False)  # the seek overshot: rewind
-            else:  # without a time base, counting from the first frame is the only way
-                _decode_run(container, stream, wanted, found, seek=False)
-        except av.error.FFmpegError as e:
-            raise VideoReadError(path, f"undecodable: {e}") from e
+    found: dict[int, np.ndarray] = {}
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            if stream.frames > 0 and wanted[-1] >= stream.frames:
+                reason = f"too short: frame {wanted[-1]} requested, video has {stream.frames}"
+                raise VideoReadError(path, reason, "too_short")
+            timed = _timed(stream)
+            if timed:
+                runs = _runs(wanted, seek_gap)
+                seeks_ok = all(_decode_run(container, stream, r, found, start_from="keyframe") for r in runs)
+            else:  # without timing, counting from the first frame is the only way
+                _decode_run(container, stream, wanted, found, start_from="here")
+        if timed and not seeks_ok:  # an imprecise seek (e.g. MPEG-TS) overshot: decode from a fresh start
+            with _open(path) as container:
+                _decode_run(container, container.streams.video[0], wanted, found, start_from="here")
+    except av.error.FFmpegError as e:
+        raise VideoReadError(path, f"undecodable: {e}") from e
     missing = [int(i) for i in wanted if int(i) not in found]
     if missing:
         have = f"{len(found)} of {wanted.size} found"
