@@ -1,0 +1,228 @@
+"""``side4video`` command line: one small function per subcommand.
+
+    side4video train [CONFIG] [--model NAME ...] [--set key=value ...]
+    side4video eval --checkpoint CKPT --val-list F --data-root DIR [--views 3x2] [--json]
+    side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
+    side4video check-data --list F --data-root DIR
+
+A new subcommand is a ``add_<name>_parser`` function registering its flags and a ``cmd_<name>``
+function run with the parsed arguments; both go into ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# Flags of ``train`` that map one-to-one onto TrainConfig fields (dest -> field).
+TRAIN_FLAGS = {
+    "model": "model", "train_list": "train_list", "val_list": "val_list", "data_root": "data_root",
+    "num_classes": "num_classes", "frames": "frames", "image_size": "image_size", "epochs": "epochs",
+    "batch_size": "batch_size", "lr": "lr", "device": "device", "seed": "seed", "output_dir": "output_dir",
+    "resume": "resume", "pretrained": "pretrained", "num_workers": "num_workers",
+}
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``"3x2"`` -> (3 crops, 2 clips)."""
+    try:
+        crops, clips = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"views must look like CROPSxCLIPS, e.g. 3x2; got {text!r}") from None
+    if crops < 1 or clips < 1:
+        raise argparse.ArgumentTypeError(f"views must be positive, got {text!r}")
+    return crops, clips
+
+
+# ---- train -----------------------------------------------------------------------------------------
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (also under torchrun)")
+    p.add_argument("config", nargs="?", help="YAML file of TrainConfig keys (configs/*.yaml)")
+    p.add_argument("--model", help="preset name, e.g. side4video-b16")
+    p.add_argument("--train-list", help="training annotation list")
+    p.add_argument("--val-list", help="validation annotation list")
+    p.add_argument("--data-root", help="directory the list paths are relative to")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--frames", type=int, help="frames per clip")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="videos per process and step")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--resume", help="'auto' (output-dir/last.pt if present) or a checkpoint path")
+    p.add_argument("--pretrained", help="backbone weights file")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig key; dotted for nested keys, e.g. model_overrides.dropout=0.3")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .engine.config import resolve_config, to_dict
+    from .engine.train import train
+
+    cfg = resolve_config(args.config, {k: getattr(args, k) for k in TRAIN_FLAGS}, args.set)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    metrics = train(cfg)
+    if "val" in metrics and os.environ.get("RANK", "0") == "0":
+        print(json.dumps(metrics["val"]))
+    return 0
+
+
+# ---- eval ------------------------------------------------------------------------------------------
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="multi-view evaluation of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--val-list", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the training config's)")
+    p.add_argument("--batch-size", type=int, help="videos per step")
+    p.add_argument("--chunk", type=int, help="clips per forward pass")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix to this file")
+    p.add_argument("--labels", help="class names file (for the confusion matrix)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .data import read_label_names
+    from .engine.checkpoint import load_model_for_inference
+    from .engine.distributed import cleanup, init_distributed
+    from .engine.evaluate import confusion_matrix, save_confusion_matrix
+    from .engine.tasks import get_task
+    from .engine.train import make_loader
+    from .models import get_preset
+
+    info = init_distributed(args.device)
+    try:
+        model, cfg = load_model_for_inference(args.checkpoint, info.device)
+        changes = {"val_list": args.val_list, "data_root": args.data_root, "eval_batch_size": args.batch_size,
+                   "eval_chunk": args.chunk, "num_workers": args.num_workers}
+        if args.views is not None:
+            changes["test_crops"], changes["test_clips"] = args.views
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+        task = get_task(get_preset(cfg.model).task)
+        loader = make_loader(task.build_dataset(cfg, train=False), cfg, info, train=False)
+        metrics, preds = task.evaluate(model, loader, cfg, info, progress=True)
+        if not info.is_main:
+            return 0
+        for sample in preds.bad:
+            print(f"skipped bad sample {sample.path}: {sample.reason}", file=sys.stderr)
+        if args.confusion:
+            names = read_label_names(args.labels) if args.labels else None
+            save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), args.confusion, names)
+        views = f"{cfg.test_crops}x{cfg.test_clips}"
+        if args.json:
+            print(json.dumps({**metrics, "views": views, "checkpoint": args.checkpoint}))
+        else:
+            print(f"{args.checkpoint}: {metrics['num_samples']} videos, views {views} (crops x clips)")
+            print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  "
+                  f"mean class acc {metrics['mean_class_acc']:.2f}")
+        return 0
+    finally:
+        cleanup()
+
+
+# ---- predict ---------------------------------------------------------------------------------------
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify video files with a checkpoint")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--labels", help="class names file")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the training config's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object per video")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import read_label_names
+    from .engine.checkpoint import load_model_for_inference
+    from .engine.distributed import resolve_device
+    from .engine.predict import predict_videos
+
+    model, cfg = load_model_for_inference(args.checkpoint, resolve_device(args.device))
+    names = read_label_names(args.labels or cfg.label_names) if (args.labels or cfg.label_names) else None
+    results = predict_videos(model, cfg, args.videos, topk=args.topk, views=args.views, label_names=names)
+    failed = 0
+    for r in results:
+        failed += "error" in r
+        if args.json:
+            print(json.dumps(r))
+        elif "error" in r:
+            print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+        else:
+            print(r["path"])
+            for c in r["top"]:
+                print(f"  {c['prob']:.4f}  {c['label']}  {c.get('name', '')}".rstrip())
+    return 1 if failed else 0
+
+
+# ---- check-data ------------------------------------------------------------------------------------
+
+
+def add_check_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="decode every video of a list and report problems")
+    p.add_argument("--list", required=True, dest="list_file")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--frames", type=int, default=8, help="frames a clip needs")
+    p.add_argument("--frames-template", default="img_{:05d}.jpg")
+    p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .data import check_data, format_report
+
+    report = check_data(args.list_file, args.data_root, args.frames, args.frames_template,
+                        decode=not args.quick, progress=not args.json)
+    print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (add_train_parser, cmd_train),
+    "eval": (add_eval_parser, cmd_eval),
+    "predict": (add_predict_parser, cmd_predict),
+    "check-data": (add_check_data_parser, cmd_check_data),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="side4video", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine.config import ConfigError
+    from .engine.train import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError) as e:
+        print(f"side4video {args.command}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1

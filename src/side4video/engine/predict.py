@@ -1,0 +1,66 @@
+"""Classify video files with a trained model, using exactly the test-time views of evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import AugmentConfig, BadSample, VideoClipDataset
+from .config import TrainConfig
+from .evaluate import autocast_context, predict_views
+
+
+def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) -> VideoClipDataset:
+    """A test-mode dataset of ``videos`` (any label): a one-entry-per-line list written in ``list_dir``."""
+    paths = [os.path.abspath(v) for v in videos]
+    spaced = [p for p in paths if any(c.isspace() for c in p)]
+    if spaced:
+        raise ValueError(f"video paths may not contain whitespace (annotation list format): {spaced}")
+    list_file = Path(list_dir) / "videos.txt"
+    list_file.write_text("".join(f"{p} 0\n" for p in paths))
+    return VideoClipDataset(
+        list_file, "", num_frames=cfg.frames, train=False, image_size=cfg.image_size, sampling=cfg.sampling,
+        frame_interval=cfg.frame_interval, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
+        test_short_side=cfg.test_short_side, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
+        list_kind="video",
+    )
+
+
+@torch.no_grad()
+def predict_videos(
+    model: nn.Module,
+    cfg: TrainConfig,
+    videos: Sequence[str | Path],
+    topk: int = 5,
+    views: tuple[int, int] | None = None,
+    label_names: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One result per video, in order: ``{"path", "top": [{"label", "prob"[, "name"]}, ...]}`` with the
+    ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``."""
+    if views is not None:
+        cfg = dataclasses.replace(cfg, test_crops=views[0], test_clips=views[1])
+    device = next(model.parameters()).device
+    model.eval()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = clip_dataset(cfg, videos, tmp)
+        for i, video in enumerate(videos):
+            item = dataset[i]
+            if isinstance(item, BadSample):
+                results.append({"path": str(video), "error": item.reason})
+                continue
+            with autocast_context(device, cfg.amp, getattr(torch, cfg.amp_dtype)):
+                probs = predict_views(model, item["video"][None].to(device), cfg.eval_chunk)[0]  # (C,)
+            top = probs.topk(min(topk, probs.numel()))
+            results.append({"path": str(video), "top": [
+                {"label": int(k), "prob": float(p), **({"name": label_names[k]} if label_names else {})}
+                for p, k in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            ]})
+    return results

@@ -1,0 +1,388 @@
+"""Training engine: config resolution, optimiser groups, schedule, checkpoints, resume, DDP, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from side4video.engine import (
+    ConfigError,
+    NonFiniteLossError,
+    TrainConfig,
+    WarmupCosine,
+    atomic_save,
+    build_optimizer,
+    build_scheduler,
+    classification_metrics,
+    load_checkpoint,
+    load_model_for_inference,
+    param_groups,
+    predict_views,
+    resolve_config,
+    train,
+)
+from side4video.engine.config import parse_set
+from side4video.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(model="side4video-tiny", num_classes=2, frames=2, image_size=32)
+
+
+def tiny_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        TINY, epochs=2, warmup_epochs=1, batch_size=4, lr=3e-3, weight_decay=0.05, num_workers=0,
+        device="cpu", output_dir=str(out), test_crops=1, test_clips=2, eval_chunk=3, tensorboard=False,
+        log_every=1, label_smoothing=0.1,
+    )
+    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+
+
+class ToyClips(torch.utils.data.Dataset):
+    """In-memory clips (items of ``VideoClipDataset``): the class is the sign of a brightness ramp over time.
+
+    The noise is drawn from (seed, epoch, index), like the real dataset's augmentation.
+    """
+
+    def __init__(self, n: int, frames: int = 2, size: int = 32, views: int = 1, nan_at_epoch: int | None = None):
+        self.n, self.frames, self.size, self.views = n, frames, size, views
+        self.nan_at_epoch, self.epoch = nan_at_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        g = torch.Generator().manual_seed(1000 * self.epoch + index)
+        label = index % 2
+        ramp = torch.linspace(-1, 1, self.frames) * (1 if label else -1)  # (T,)
+        video = ramp.view(1, 1, -1, 1, 1) + 0.5 * torch.randn(self.views, 3, self.frames, self.size, self.size,
+                                                              generator=g)  # (R, 3, T, H, W)
+        if self.epoch == self.nan_at_epoch and index == 1:
+            video[:] = float("nan")
+        return {"video": video, "label": label, "view_labels": torch.full((self.views,), label), "index": index,
+                "path": f"toy/{index}"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAtEpoch(ToyClips):
+    """Stops the run when epoch ``stop`` starts (after the checkpoint of the previous one)."""
+
+    def __init__(self, n: int, stop: int):
+        super().__init__(n)
+        self.stop = stop
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.stop:
+            raise Interrupt
+        super().set_epoch(epoch)
+
+
+def write_frame_dataset(root: Path, split: str, n: int, frames: int = 4, size: int = 40) -> Path:
+    """Frame folders ``root/split/v{i}/img_{:05d}.jpg`` of moving bars (label 0 right, 1 left) and their list."""
+    lines = []
+    for i in range(n):
+        label = i % 2
+        folder = root / split / f"v{i}"
+        folder.mkdir(parents=True)
+        for t in range(frames):
+            img = np.zeros((size, size, 3), np.uint8)
+            x = (t * 8 + 3 * i) % (size - 8)
+            x = x if label == 0 else size - 8 - x
+            img[:, x : x + 8] = 255
+            Image.fromarray(img).save(folder / f"img_{t + 1:05d}.jpg")
+        lines.append(f"{split}/v{i} {frames} {label}\n")
+    list_file = root / f"{split}.txt"
+    list_file.write_text("".join(lines))
+    return list_file
+
+
+# ---- config -----------------------------------------------------------------------------------------
+
+
+def test_config_precedence_and_typed_set(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("model: side4video-tiny\nlr: 0.01\nepochs: 5\nbetas: [0.9, 0.98]\n"
+                   "model_overrides: {dropout: 0.1}\naugment: {grayscale: 0.2}\n")
+    cfg = resolve_config(yml, {"epochs": 7, "lr": None},
+                         ["batch_size=3", "clip_grad=1.5", "amp=false", "betas=0.8,0.9",
+                          "model_overrides.dropout=0.3", "model_overrides.taps=top", "resume=none",
+                          "augment.flip_label_pairs=[[1, 2]]"])
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.clip_grad, cfg.amp) == (0.01, 7, 3, 1.5, False)
+    assert cfg.betas == (0.8, 0.9)
+    assert cfg.resume is None
+    assert cfg.model_overrides == {"dropout": 0.3, "taps": "top"}
+    assert cfg.augment == {"grayscale": 0.2, "flip_label_pairs": ((1, 2),)}
+    assert create_model(cfg.model, num_classes=2, **cfg.model_overrides).head.dropout.p == 0.3
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"sets": ["learning_rate=1"]}, "unknown key 'learning_rate'; valid keys: ['model'"),
+        ({"yaml": "epochz: 3\n"}, "unknown key 'epochz'; valid keys: ['model'"),
+        ({"sets": ["model_overrides.dropot=0.3"]}, "unknown key model_overrides.'dropot'; valid keys: ["),
+        ({"sets": ["augment.flipp=0.3"]}, "unknown key augment.'flipp'; valid keys: ["),
+        ({"sets": ["epochs=two"]}, "epochs: expected an integer, got 'two'"),
+        ({"sets": ["amp_dtype=float8"]}, "is not one of ['bfloat16', 'float16']"),
+        ({"sets": ["model_overrides.num_classes=3"]}, "unknown key model_overrides.'num_classes'"),
+    ],
+)
+def test_config_errors_name_the_key_and_list_valid_ones(tmp_path, source, message):
+    path = None
+    if "yaml" in source:
+        path = tmp_path / "bad.yaml"
+        path.write_text(source["yaml"])
+    with pytest.raises(ConfigError) as e:
+        resolve_config(path, {"model": "side4video-tiny"}, source.get("sets", ()))
+    assert message in str(e.value)
+    if "valid keys" in message and "model_overrides" in message:
+        assert "'dropout'" in str(e.value)
+        assert "'side_width'" in str(e.value)
+
+
+def test_parse_set_rejects_malformed_items():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_set(["lr"])
+    with pytest.raises(ConfigError, match="dotted keys must start with"):
+        parse_set(["optim.lr=1"])
+
+
+RECIPES = {  # (lr, epochs, warmup, repeated_aug, crops x clips) from the paper's Table 12
+    "k400_side4video-b16": (1e-3, 30, 4, 1, (3, 4)),
+    "k400_side4video-l14": (1e-4, 30, 4, 1, (3, 4)),
+    "k400_side4video-e14-light": (1e-4, 20, 4, 1, (3, 4)),
+    "ssv1_side4video-b16-light": (1e-3, 40, 4, 2, (3, 2)),
+    "ssv1_side4video-e14-light": (1e-4, 30, 6, 2, (3, 2)),
+    "ssv2_side4video-l14-light": (1e-4, 30, 4, 2, (3, 2)),
+    "ssv2_side4video-e14-light": (1e-4, 25, 6, 2, (3, 2)),
+}
+
+
+def test_every_yaml_config_loads():
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(files) == 15
+    for path in files:
+        cfg = resolve_config(path)
+        dataset, model = path.stem.split("_", 1)
+        assert cfg.model == model
+        assert cfg.weight_decay == 0.15
+        assert cfg.label_smoothing == 0.1
+        assert cfg.num_classes == (400 if dataset == "k400" else 174)
+        assert cfg.betas == (0.9, 0.999)
+        if dataset == "k400":
+            assert cfg.augment == {"grayscale": 0.2}
+        else:
+            assert cfg.augment["rand_augment"] == "rand-m7-n4-mstd0.5-inc1"
+            assert cfg.augment["flip_label_pairs"] == ((86, 87), (93, 94), (166, 167))
+        if path.stem in RECIPES:
+            lr, epochs, warmup, rep, views = RECIPES[path.stem]
+            assert (cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.repeated_aug) == (lr, epochs, warmup, rep)
+            assert (cfg.test_crops, cfg.test_clips) == views
+
+
+# ---- optimiser and schedule -------------------------------------------------------------------------
+
+
+def test_param_groups_decay_only_matrices_of_trainable_params():
+    model = create_model("side4video-tiny", num_classes=2, num_frames=2, image_size=32)
+    groups = {g["name"]: set(g["names"]) for g in param_groups(model, 0.1)}
+    decay, no_decay = groups["decay"], groups["no_decay"]
+    assert {"stem.weight", "head.fc.weight", "blocks.0.attn.in_proj_weight", "down.0.proj.weight",
+            "blocks.1.mlp.fc1.weight", "blocks.0.temporal.dw.weight"} <= decay
+    assert {"pos_embed", "stem.bias", "stem_norm.weight", "head.norm.weight", "blocks.0.norm_attn.weight",
+            "blocks.0.attn.in_proj_bias", "down.0.norm.bias", "head.fc.bias"} <= no_decay
+    assert not decay & no_decay
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decay | no_decay == trainable
+    assert not any(n.startswith("backbone.") for n in trainable)
+    opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.999))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+def test_param_groups_put_embeddings_and_vectors_in_no_decay():
+    vit = create_model("side4video-tiny", num_classes=2, image_size=32).backbone
+    for p in vit.parameters():
+        p.requires_grad_(True)
+    names = {g["name"]: set(g["names"]) for g in param_groups(vit, 0.1)}
+    assert {"class_embedding", "positional_embedding", "ln_pre.weight"} <= names["no_decay"]
+    assert {"conv1.weight", "proj", "transformer.resblocks.0.attn.in_proj_weight"} <= names["decay"]
+
+
+def test_warmup_then_cosine_per_step():
+    f = WarmupCosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
+    assert f(14) == pytest.approx(0.1)
+    assert f(100) == pytest.approx(0.1)
+    values = [f(s) for s in range(4, 15)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    # As stepped by the optimiser: the lr of step s is base * f(s).
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.AdamW([w], lr=0.5)
+    sched = build_scheduler(opt, total_steps=14, warmup_steps=4, min_ratio=0.1)
+    seen = []
+    for _ in range(14):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5 * f(s) for s in range(14)])
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1, "w": torch.arange(4.0)}, path)
+    real_save = torch.save
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")  # a torn write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    old = torch.load(path, weights_only=True)
+    assert old["epoch"] == 1
+    assert torch.equal(old["w"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+# ---- training loop ----------------------------------------------------------------------------------
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    torch.set_num_threads(1)
+    full = tiny_cfg(tmp_path / "full")
+    metrics = train(full, ToyClips(10), ToyClips(5, views=2))
+    assert metrics["epoch"] == 2
+    assert metrics["val"]["num_samples"] == 5
+
+    part = tiny_cfg(tmp_path / "part")
+    with pytest.raises(Interrupt):
+        train(part, InterruptAtEpoch(10, stop=2), ToyClips(5, views=2))
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    resumed = train(dataclasses.replace(part, resume="auto"), ToyClips(10), ToyClips(5, views=2))
+
+    assert (tmp_path / "part" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
+    assert resumed == metrics
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "part"))
+    assert a["step"] == b["step"] == 6  # 3 batches x 2 epochs
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ckpt = a
+    assert set(ckpt) >= {"model_name", "model_config", "model", "optimizer", "scheduler", "scaler", "epoch",
+                         "step", "best_top1", "rng", "train_config"}
+    assert ckpt["model_config"]["num_classes"] == 2
+    assert ckpt["train_config"]["lr"] == 3e-3
+    assert (tmp_path / "full" / "best.pt").is_file()
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["type"] == "epoch"] == [1, 2]
+
+
+def test_training_learns_and_grad_accum_counts_steps(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path, epochs=5, warmup_epochs=0, batch_size=2, grad_accum=2, eval_every=5, lr=5e-3,
+                   clip_grad=1.0, label_smoothing=0.0, model_overrides={"dropout": 0.0})
+    metrics = train(cfg, ToyClips(8), ToyClips(8, views=2))
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5 * 2  # 4 batches / 2 accumulated, per epoch
+    assert metrics["val"]["top1"] == 100.0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in log if r["type"] == "epoch"]
+    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.65 * math.log(2)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, optimiser step \d+"):
+        train(cfg, ToyClips(10, nan_at_epoch=2), ToyClips(4))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_mixup_trains_and_frozen_weights_can_stay_out_of_checkpoints(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path, epochs=1, mixup_alpha=0.4, save_frozen=False)
+    train(cfg, ToyClips(6), ToyClips(4))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert not any(k.startswith("backbone.") for k in ckpt["model"])
+    assert "head.fc.weight" in ckpt["model"]
+
+
+# ---- evaluation -------------------------------------------------------------------------------------
+
+
+def test_chunked_multi_view_softmax_average_matches_unchunked():
+    torch.manual_seed(0)
+    model = create_model("side4video-tiny", num_classes=5, num_frames=2, image_size=32).eval()
+    video = torch.randn(3, 4, 3, 2, 32, 32)  # (B, V, 3, T, H, W)
+    with torch.no_grad():
+        reference = torch.stack([model(video[:, v]).softmax(-1) for v in range(4)], 1).mean(1)  # (B, C)
+    for chunk in (1, 5, 12, 100):
+        assert torch.allclose(predict_views(model, video, chunk), reference, atol=1e-6)
+
+
+def test_classification_metrics_top_k_and_mean_class_accuracy():
+    probs = np.array([
+        [0.7, 0.2, 0.1],  # label 0: top-1 hit
+        [0.5, 0.3, 0.2],  # label 1: top-2 hit
+        [0.1, 0.3, 0.6],  # label 1: top-2 hit
+        [0.2, 0.3, 0.5],  # label 2: top-1 hit
+    ])
+    labels = np.array([0, 1, 1, 2])
+    m = classification_metrics(probs, labels, topk=(1, 2, 5))
+    assert m["top1"] == 50.0
+    assert m["top2"] == 100.0
+    assert m["top5"] == 100.0
+    assert m["mean_class_acc"] == pytest.approx((100 + 0 + 100) / 3)
+    assert m["num_samples"] == 4
+
+
+def test_torchrun_two_process_gloo_run_counts_every_sample_once(tmp_path):
+    data = tmp_path / "data"
+    train_list = write_frame_dataset(data, "train", 6)
+    val_list = write_frame_dataset(data, "val", 5)  # not divisible by the world size
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "side4video", "train", "--model", "side4video-tiny", "--train-list", str(train_list), "--val-list",
+           str(val_list), "--data-root", str(data), "--num-classes", "2", "--frames", "2", "--epochs",
+           "1", "--batch-size", "2", "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir", str(out),
+           "--image-size", "32", "--num-workers", "0", "--set", "test_crops=1", "--set", "test_clips=2",
+           "--set", "tensorboard=false", "--set", "warmup_epochs=0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epoch"] == 1
+    assert metrics["val"]["num_samples"] == 5
+    assert math.isfinite(metrics["train_loss"])
+    # The same checkpoint evaluated in one process gives the same numbers.
+    model, cfg = load_model_for_inference(out / "last.pt")
+    from side4video.engine.distributed import DistInfo
+    from side4video.engine.tasks import get_task
+    from side4video.engine.train import make_loader
+
+    task = get_task("recognition")
+    loader = make_loader(task.build_dataset(cfg, train=False), cfg, DistInfo(), train=False)
+    single, _ = task.evaluate(model, loader, cfg, DistInfo())
+    assert single == pytest.approx(metrics["val"])
