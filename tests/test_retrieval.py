@@ -15,7 +15,7 @@ from side4video.backbones.text import TEXT_TOWERS, TextConfig
 from side4video.backbones.vit import VisionConfig, build_vit
 from side4video.methods.retrieval import (
     Clip4ClipConfig,
-    Clip4ClipFrozen,
+    Clip4Clip,
     RetrievalConfig,
     Side4VideoRetrieval,
     TokenWiseMatching,
@@ -38,10 +38,10 @@ def side_model(**overrides) -> Side4VideoRetrieval:
     return Side4VideoRetrieval(cfg, build_vit(VIT))
 
 
-def clip4clip_model() -> Clip4ClipFrozen:
+def clip4clip_model() -> Clip4Clip:
     torch.manual_seed(0)
     cfg = Clip4ClipConfig("tiny", num_frames=FRAMES, text=TEXT, text_length=8)
-    return Clip4ClipFrozen(cfg, build_vit(VIT))
+    return Clip4Clip(cfg, build_vit(VIT))
 
 
 def batch(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .backbones.vit import BACKBONES, VisionTransformer, build_vit
 from .methods.baselines import FrozenMeanP, FrozenMeanPConfig, FullFinetune, FullFinetuneConfig
-from .methods.retrieval import Clip4ClipConfig, Clip4ClipFrozen, RetrievalConfig, Side4VideoRetrieval
+from .methods.retrieval import Clip4ClipConfig, Clip4Clip, RetrievalConfig, Side4VideoRetrieval
 from .methods.side4video import Side4Video, Side4VideoConfig
 from .methods.st_adapter import STAdapterConfig, STAdapterModel
 from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig
@@ -112,20 +112,24 @@ PRESETS: dict[str, Preset] = {
         "retrieval",
         "Side4Video retrieval on the tiny test ViT, 4 x 128",
     ),
+    "clip4clip-b16": Preset(
+        Clip4Clip, Clip4ClipConfig("ViT-B-16", train_backbone=True), "retrieval",
+        "CLIP4Clip meanP, both towers fine-tuned, ViT-B/16 (paper Table 3: CLIP4Clip)",
+    ),
     "clip4clip-frozen-b32": Preset(
-        Clip4ClipFrozen, Clip4ClipConfig("ViT-B-32"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-B-32"), "retrieval",
         "CLIP4Clip meanP with a frozen ViT-B/32, trained text tower (paper: CLIP4Clip 🔒 ViT)",
     ),
     "clip4clip-frozen-b16": Preset(
-        Clip4ClipFrozen, Clip4ClipConfig("ViT-B-16"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-B-16"), "retrieval",
         "CLIP4Clip meanP with a frozen ViT-B/16, trained text tower",
     ),
     "clip4clip-frozen-l14": Preset(
-        Clip4ClipFrozen, Clip4ClipConfig("ViT-L-14"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-L-14"), "retrieval",
         "CLIP4Clip meanP with a frozen ViT-L/14, trained text tower",
     ),
     "clip4clip-frozen-tiny": Preset(
-        Clip4ClipFrozen, Clip4ClipConfig("tiny", num_frames=4, text_length=16), "retrieval",
+        Clip4Clip, Clip4ClipConfig("tiny", num_frames=4, text_length=16), "retrieval",
         "CLIP4Clip meanP with the frozen tiny test ViT",
     ),
 }

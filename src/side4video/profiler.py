@@ -106,13 +106,13 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, tunable
 
 
-def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of ``model(*inputs)`` in inference mode."""
+def count_macs(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Multiply-accumulates of ``forward()`` (which runs ``model``) in inference mode."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FusedAttention(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as fc:
-            model(*inputs)
+            forward()
     finally:
         model.train(was_training)
     return fc.get_total_flops() // 2
@@ -171,6 +171,20 @@ def _recognition_loss(model: nn.Module, video: torch.Tensor, labels: torch.Tenso
     return F.cross_entropy(model(video), labels)
 
 
+def _retrieval_loss(model: nn.Module, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return model(video, ids, mask)
+
+
+def _captions(model: nn.Module, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``(B, L)`` of full-length captions ending in the EOT token, and their mask."""
+    text = model.text.cfg
+    length = model.cfg.text_length
+    eot = text.eot_token_id if text.eot_token_id is not None else text.vocab_size - 1
+    ids = torch.randint(1, eot, (batch, length), device=device)
+    ids[:, -1] = eot
+    return ids, torch.ones(batch, length, dtype=torch.long, device=device)
+
+
 def profile_model(
     name: str,
     num_classes: int = 400,
@@ -181,30 +195,38 @@ def profile_model(
     merged: bool = False,
     **overrides,
 ) -> Profile:
-    """Profile preset ``name`` (see the module docstring for what each number means)."""
+    """Profile preset ``name`` (see the module docstring for what each number means).
+
+    Recognition models see a clip and its label; retrieval models a clip and a caption of
+    ``text_length`` tokens, and their FLOPs are those of encoding one clip.
+    """
     from .models import create_model, get_preset
 
     dev = torch.device(device)
+    retrieval = get_preset(name).task == "retrieval"
+    if not retrieval:
+        overrides["num_classes"] = num_classes
     with dev:
-        model = create_model(name, num_classes=num_classes, num_frames=frames, image_size=image_size, **overrides)
+        model = create_model(name, num_frames=frames, image_size=image_size, **overrides)
         if merged:
             if not hasattr(model, "reparameterize"):
                 raise ValueError(f"--merged applies to models with reparameterize(); {name} has none")
             model = model.reparameterize()
-    preset = get_preset(name)
-    if preset.task != "recognition":
-        raise ValueError(f"{name} is a {preset.task} model; profile_model covers recognition presets")
     size = model.backbone.cfg.image_size
     total, tunable = count_params(model)
 
     def clip(batch: int) -> torch.Tensor:
         return torch.randn(batch, 3, frames, size, size, device=dev)
 
-    macs = count_macs(model, clip(1))
-    labels = torch.zeros(batch_size, dtype=torch.long, device=dev)
-    model.train()
+    one = clip(1)
+    macs = count_macs(model, (lambda: model.encode_video(one)) if retrieval else (lambda: model(one)))
     video = clip(batch_size)
-    act = saved_activation_bytes(model, lambda: _recognition_loss(model, video, labels))
+    if retrieval:
+        batch, loss_fn = (video, *_captions(model, batch_size, dev)), _retrieval_loss
+    else:
+        batch, loss_fn = (video, torch.zeros(batch_size, dtype=torch.long, device=dev)), _recognition_loss
+    model.train()
+    act = saved_activation_bytes(model, lambda: loss_fn(model, *batch))
     prof = Profile(
         model=name,
         backbone=model.cfg.backbone,
@@ -218,6 +240,6 @@ def profile_model(
         train_memory_bytes=training_memory_bytes(model, act),
     )
     if dev.type == "cuda":
-        prof.cuda_peak_bytes, prof.step_time_s = _cuda_step(model, lambda: (video, labels), _recognition_loss)
+        prof.cuda_peak_bytes, prof.step_time_s = _cuda_step(model, lambda: batch, loss_fn)
         prof.step_time_s = round(prof.step_time_s, 4)
     return prof

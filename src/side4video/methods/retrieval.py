@@ -79,13 +79,15 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class Clip4ClipConfig:
-    """CLIP4Clip (mean pooling) with a frozen image encoder: only the text tower is trained."""
+    """CLIP4Clip (mean pooling). With ``train_backbone=False`` (the paper's "CLIP4Clip 🔒 ViT") the
+    image encoder is frozen and only the text tower is trained; with True both towers are fine-tuned."""
 
     backbone: str = "ViT-B-32"
     num_frames: int = 12
     text_length: int = 32
     text: TextConfig | None = None
     autocast_backbone: bool = True
+    train_backbone: bool = False
 
     def __post_init__(self) -> None:
         _resolve_text(self)
@@ -225,8 +227,8 @@ class Side4VideoRetrieval(ContrastiveRetrieval, Side4Video):
         return self.matching(text_emb, text_mask, video_emb)
 
 
-class Clip4ClipFrozen(ContrastiveRetrieval, nn.Module):
-    """CLIP4Clip meanP with a frozen image encoder: mean of normalised per-frame CLIP embeddings."""
+class Clip4Clip(ContrastiveRetrieval, nn.Module):
+    """CLIP4Clip meanP: mean of normalised per-frame CLIP embeddings, cosine similarity."""
 
     def __init__(
         self,
@@ -235,7 +237,9 @@ class Clip4ClipFrozen(ContrastiveRetrieval, nn.Module):
         text: TextTransformer | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
+        self.backbone = backbone if backbone is not None else build_vit(cfg.backbone)
+        if not cfg.train_backbone:
+            freeze(self.backbone)
         if self.backbone.proj is None:
             raise ValueError("retrieval needs a backbone with an output projection (output_dim)")
         self.text = self._check_text(text, cfg, self.backbone.cfg.output_dim)
@@ -245,7 +249,8 @@ class Clip4ClipFrozen(ContrastiveRetrieval, nn.Module):
         """Video embedding ``(B, E)``: mean over frames of the L2-normalised CLIP image embeddings."""
         b, _, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, 3, h, w)  # (B*T, 3, H, W)
-        with torch.no_grad(), backbone_context(video.device, self.cfg.autocast_backbone):
+        grad = torch.enable_grad() if self.cfg.train_backbone else torch.no_grad()
+        with grad, backbone_context(video.device, self.cfg.autocast_backbone):
             emb = self.backbone.encode_image(frames)  # (B*T, E)
         return F.normalize(emb.float().view(b, t, -1), dim=-1).mean(dim=1)  # (B, E)
 
@@ -256,9 +261,10 @@ class Clip4ClipFrozen(ContrastiveRetrieval, nn.Module):
     def _similarity(self, video_emb: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor | None):
         return F.normalize(text_emb, dim=-1) @ F.normalize(video_emb, dim=-1).t()  # (Nt, Nv)
 
-    def train(self, mode: bool = True) -> Clip4ClipFrozen:
+    def train(self, mode: bool = True) -> Clip4Clip:
         super().train(mode)
-        self.backbone.eval()
+        if not self.cfg.train_backbone:
+            self.backbone.eval()
         return self
 
 

@@ -1,0 +1,78 @@
+"""Profile every method at the papers' settings and write the README's comparison tables.
+
+    python benchmarks/profile_table.py [--device meta|cuda] [--out benchmarks/results]
+
+Writes ``profile_<device>.json`` (one profiler record per row) and ``profile_<device>.md``.
+Paper figures: Side4Video Tables 1-2 (tunable params, GFLOPs over 3 views, memory on an A100),
+ST-Adapter and ZeroI2V papers for theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from side4video.models import PRESETS
+from side4video.profiler import profile_model
+
+# (preset, batch size, kwargs, paper: tunable params M, GFLOPs per view, memory GB).
+# ZeroI2V Table 3 gives the plain ViT-L/14 at 1946 GFLOPs over 3 views.
+# Papers give GFLOPs over 3 views (8 frames x 3 clips); E/14 per view (Side4Video Table 4: 7.98 T).
+ROWS: list[tuple[str, int, dict, tuple[float | None, float | None, float | None]]] = [
+    ("frozen-meanp-b16", 32, {}, (None, 422 / 3, None)),
+    ("full-finetune-b16", 32, {}, (86, 422 / 3, None)),
+    ("st-adapter-b16", 32, {}, (7, 455 / 3, 28.8)),
+    ("zeroi2v-b16", 32, {}, (14, None, None)),
+    ("zeroi2v-b16", 32, {"merged": True}, (None, 422 / 3, None)),
+    ("side4video-b16-light", 32, {}, (4, 445 / 3, 8.9)),
+    ("side4video-b16", 32, {}, (21, 528 / 3, 18.8)),
+    ("frozen-meanp-l14", 16, {}, (None, 1946 / 3, None)),
+    ("full-finetune-l14", 16, {}, (304, 1946 / 3, None)),
+    ("st-adapter-l14", 16, {}, (20, 2062 / 3, 51.4)),
+    ("zeroi2v-l14", 16, {}, (None, None, None)),
+    ("zeroi2v-l14", 16, {"merged": True}, (None, 1946 / 3, None)),
+    ("side4video-l14-light", 16, {}, (22, 2092 / 3, 15.3)),
+    ("side4video-l14", 16, {}, (102, 2611 / 3, 37.0)),
+    ("side4video-e14-light", 8, {}, (None, 7980, None)),
+]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="meta", choices=["meta", "cpu", "cuda"])
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=174)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    records, lines = [], [
+        "| model | batch | tunable params (M) | paper | GFLOPs / view | paper | activations (GB) "
+        "| training memory (GB) | paper memory (GB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, batch, kwargs, (p_params, p_gflops, p_mem) in ROWS:
+        if name not in PRESETS:
+            continue
+        prof = profile_model(name, num_classes=args.num_classes, frames=args.frames, batch_size=batch,
+                             device=args.device, **kwargs)
+        rec = prof.to_dict() | kwargs
+        records.append(rec)
+        label = name + (" (merged)" if kwargs.get("merged") else "")
+        lines.append(
+            f"| {label} | {batch} | {prof.tunable_params / 1e6:.2f} | {fmt(p_params, 'g')} "
+            f"| {prof.gflops_per_view:.1f} | {fmt(p_gflops, '.1f')} "
+            f"| {prof.activation_bytes / 1e9:.2f} | {prof.train_memory_bytes / 1e9:.2f} | {fmt(p_mem, 'g')} |"
+        )
+        print(lines[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"profile_{args.device}.json").write_text(json.dumps(records, indent=2) + "\n")
+    (args.out / f"profile_{args.device}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
