@@ -327,6 +327,8 @@ def test_mixup_trains_and_frozen_weights_can_stay_out_of_checkpoints(tmp_path):
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert not any(k.startswith("backbone.") for k in ckpt["model"])
     assert "head.fc.weight" in ckpt["model"]
+    with pytest.raises(ValueError, match="no frozen backbone weights"):
+        load_model_for_inference(tmp_path / "last.pt")  # a random backbone cannot be rebuilt
 
 
 # ---- evaluation -------------------------------------------------------------------------------------

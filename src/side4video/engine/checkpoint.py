@@ -161,6 +161,9 @@ def load_model_for_inference(
     cfg = from_dict(ckpt["train_config"], f"{path}: train_config")
     # With the frozen weights inside the checkpoint there is nothing to load from cfg.pretrained.
     pretrained = None if cfg.save_frozen else cfg.pretrained
+    if not cfg.save_frozen and pretrained is None:
+        raise ValueError(f"{path} holds no frozen backbone weights (save_frozen=false) and its run had no "
+                         "pretrained backbone file to rebuild them from")
     model = build_model(ckpt["model_name"], ckpt["model_config"], pretrained=pretrained, image_size=cfg.image_size)
     load_model_state(model, ckpt["model"], str(path))
     return model.to(device).eval(), cfg

@@ -1,0 +1,130 @@
+"""``side4video`` command line: train / eval / predict / check-data on small synthetic MP4s."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from side4video.cli import main
+from side4video.data import make_corrupt_video, make_motion_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def motion(tmp_path_factory):
+    root = tmp_path_factory.mktemp("motion")
+    return make_motion_dataset(root, num_videos_per_class=3, num_frames=6, size=32, num_val_per_class=1)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_check_data_exit_codes(motion, tmp_path, capsys):
+    code, out, _ = run(capsys, "check-data", "--list", motion.train_list, "--data-root", motion.root,
+                       "--frames", "6")
+    assert code == 0
+    assert "8 entries, 8 ok, 0 problem(s)" in out
+
+    make_corrupt_video(tmp_path / "broken.mp4", "garbage")
+    bad_list = tmp_path / "bad.txt"
+    bad_list.write_text(f"{motion.root}/videos/left_0001.mp4 0\n{tmp_path}/missing.mp4 1\n"
+                        f"{tmp_path}/broken.mp4 2\nnot-a-valid-line\n")
+    code, out, _ = run(capsys, "check-data", "--list", str(bad_list), "--data-root", "", "--frames", "6", "--json")
+    report = json.loads(out)
+    assert code == 1
+    assert report["ok"] is False
+    assert report["num_ok"] == 1
+    assert sorted(p["kind"] for p in report["problems"]) == ["malformed", "missing", "undecodable"]
+
+    code, out, _ = run(capsys, "check-data", "--list", motion.val_list, "--data-root", motion.root,
+                       "--frames", "7")
+    assert code == 1  # every video is too short for 7 frames
+    assert "too_short 4" in out
+
+
+def test_train_eval_predict_round_trip(motion, tmp_path, capsys):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    code, stdout, _ = run(
+        capsys, "train", "--model", "side4video-tiny", "--train-list", motion.train_list, "--val-list",
+        motion.val_list, "--data-root", motion.root, "--num-classes", "4", "--frames", "2", "--image-size", "32",
+        "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir",
+        str(out), "--num-workers", "0", "--set", "test_crops=3", "--set", "test_clips=2",
+        "--set", "augment.rand_augment=rand-m7-n4-mstd0.5-inc1", "--set", "label_names=" + motion.label_names,
+        "--set", "confusion_matrix=true",
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == metrics["val"]
+    assert metrics["val"]["num_samples"] == 4
+    assert (out / "confusion.png").stat().st_size > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["augment"]["rand_augment"] == "rand-m7-n4-mstd0.5-inc1"
+    assert (out / "tb").is_dir()
+
+    # eval with the training views reproduces the training run's numbers, whatever the chunk size
+    results = []
+    for chunk in ("1", "16"):
+        code, stdout, _ = run(capsys, "eval", "--checkpoint", str(out / "last.pt"), "--val-list", motion.val_list,
+                              "--data-root", motion.root, "--views", "3x2", "--chunk", chunk, "--json",
+                              "--device", "cpu")
+        assert code == 0
+        results.append(json.loads(stdout))
+    assert results[0] == results[1]
+    assert {k: results[0][k] for k in metrics["val"]} == pytest.approx(metrics["val"])
+    assert results[0]["views"] == "3x2"
+
+    # predict: the best class of each video, with names; a broken file is reported and sets the exit code
+    videos = [f"{motion.root}/videos/left_0000.mp4", f"{motion.root}/videos/up_0000.mp4"]
+    broken = make_corrupt_video(tmp_path / "broken.mp4", "zero_bytes")
+    code, stdout, _ = run(capsys, "predict", "--checkpoint", str(out / "best.pt"), *videos, broken,
+                          "--topk", "9", "--views", "3x2", "--json", "--device", "cpu")
+    assert code == 1
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["path"] for r in rows] == [*videos, broken]
+    assert "empty" in rows[2]["error"]
+    for row in rows[:2]:
+        assert len(row["top"]) == 4  # top-k clipped to the 4 classes
+        assert sum(c["prob"] for c in row["top"]) == pytest.approx(1.0, abs=1e-5)
+        assert {c["name"] for c in row["top"]} == {"left", "right", "up", "down"}
+    # the probabilities are those of evaluation: same views, same model
+    code, stdout, _ = run(capsys, "predict", "--checkpoint", str(out / "best.pt"), videos[0], "--topk", "1",
+                          "--device", "cpu")
+    assert code == 0
+    assert stdout.splitlines()[0] == videos[0]
+
+
+def test_config_errors_exit_with_the_valid_keys(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--model", "side4video-tiny", "--set", "lrate=1", "--output-dir",
+                       str(tmp_path))
+    assert code == 2
+    assert "unknown key 'lrate'; valid keys: ['model', 'num_classes'" in err
+    code, _, err = run(capsys, "train", "--model", "side4video-tiny", "--set", "model_overrides.widht=3")
+    assert code == 2
+    assert "'side_width'" in err
+
+
+def test_print_config_applies_yaml_flags_and_set(capsys):
+    code, out, _ = run(capsys, "train", str(CONFIGS / "ssv2_side4video-b16.yaml"), "--epochs", "3", "--set",
+                       "betas=0.9,0.98", "--set", "model_overrides.fusion=avg", "--print-config")
+    assert code == 0
+    cfg = yaml.safe_load(out)
+    assert (cfg["model"], cfg["epochs"], cfg["betas"], cfg["repeated_aug"]) == ("side4video-b16", 3, [0.9, 0.98], 2)
+    assert cfg["model_overrides"] == {"fusion": "avg"}
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "side4video", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    for command in ("train", "eval", "predict", "check-data"):
+        assert command in proc.stdout
