@@ -223,6 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError) as e:
         print(f"side4video {args.command}: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
