@@ -125,6 +125,7 @@ def export_merged(
         "merge_atol": atol,
         "source_checkpoint": str(checkpoint_path),
         "source_epoch": ckpt.get("epoch"),
+        "train_config": ckpt.get("train_config"),  # test views, image size, ... for eval / predict
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir

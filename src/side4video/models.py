@@ -16,7 +16,7 @@ from torch import nn
 
 from .backbones.vit import BACKBONES, VisionTransformer, build_vit
 from .methods.baselines import FrozenMeanP, FrozenMeanPConfig, FullFinetune, FullFinetuneConfig
-from .methods.retrieval import Clip4ClipConfig, Clip4Clip, RetrievalConfig, Side4VideoRetrieval
+from .methods.retrieval import Clip4Clip, Clip4ClipConfig, RetrievalConfig, Side4VideoRetrieval
 from .methods.side4video import Side4Video, Side4VideoConfig
 from .methods.st_adapter import STAdapterConfig, STAdapterModel
 from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig

@@ -20,6 +20,7 @@ Layout (every key is always present)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from pathlib import Path
@@ -153,10 +154,15 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 def load_model_for_inference(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig]:
-    """The model of a training checkpoint in eval mode, and the run's ``TrainConfig``.
+    """The model of a training checkpoint (or of a merged export directory) in eval mode, and the run's
+    ``TrainConfig``."""
+    if Path(path).is_dir():
+        from ..export import CONFIG_FILE, load_exported
 
-    Extension point: other saved formats (e.g. a merged ZeroI2V export directory) are recognised here.
-    """
+        config = json.loads((Path(path) / CONFIG_FILE).read_text()) if (Path(path) / CONFIG_FILE).is_file() else {}
+        if not config.get("train_config"):
+            raise ValueError(f"{path}: not a merged export with its training config ({CONFIG_FILE})")
+        return load_exported(path, device), from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["train_config"], f"{path}: train_config")
     # With the frozen weights inside the checkpoint there is nothing to load from cfg.pretrained.
