@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from side4video.backbones.text import TEXT_TOWERS, TextConfig
 from side4video.backbones.vit import VisionConfig, build_vit
 from side4video.methods.retrieval import (
-    Clip4ClipConfig,
     Clip4Clip,
+    Clip4ClipConfig,
     RetrievalConfig,
     Side4VideoRetrieval,
     TokenWiseMatching,
