@@ -1,5 +1,18 @@
-"""Video data: decoding, annotation lists, temporal sampling, clip augmentation, datasets, checks."""
+"""Video data: decoding, annotation lists, temporal sampling, clip augmentation, datasets, checks, and
+captioned videos for text-video retrieval."""
 
+from .captions import (
+    CaptionDataset,
+    CaptionedSplit,
+    CaptionFormatError,
+    VideoOnlyDataset,
+    collate_captions,
+    read_caption_tsv,
+    read_captions,
+    read_msrvtt,
+    read_msvd,
+    read_vatex,
+)
 from .check import DataReport, Problem, check_data, format_report
 from .dataset import BadSample, VideoClipDataset, collate_clips
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
@@ -13,6 +26,7 @@ from .synthetic import (
     write_frame_folder,
     write_video,
 )
+from .synthetic_captions import CaptionedSynthetic, make_captioned_dataset
 from .transforms import CLIP_MEAN, CLIP_STD, SS_FLIP_PAIRS, AugmentConfig, eval_views, train_clip
 from .video import (
     VideoReadError,
@@ -30,28 +44,40 @@ __all__ = [
     "SS_FLIP_PAIRS",
     "AugmentConfig",
     "BadSample",
+    "CaptionDataset",
+    "CaptionFormatError",
+    "CaptionedSplit",
+    "CaptionedSynthetic",
     "DataReport",
     "ListFormatError",
     "Problem",
     "RandAugment",
     "SyntheticDataset",
     "VideoClipDataset",
+    "VideoOnlyDataset",
     "VideoReadError",
     "VideoRecord",
     "check_data",
+    "collate_captions",
     "collate_clips",
     "count_frames",
     "dense_indices",
     "eval_views",
     "format_report",
     "header_frame_count",
+    "make_captioned_dataset",
     "make_corrupt_video",
     "make_motion_dataset",
     "parse_annotation_list",
     "read_all_frames",
     "read_annotation_list",
+    "read_caption_tsv",
+    "read_captions",
     "read_frame_folder",
     "read_label_names",
+    "read_msrvtt",
+    "read_msvd",
+    "read_vatex",
     "read_video_frames",
     "sample_indices",
     "segment_indices",
