@@ -35,6 +35,7 @@ class TrainConfig:
     image_size: int = 224
     pretrained: str | None = None  # backbone checkpoint (OpenAI / open_clip / EVA-CLIP / HF weights)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # fields of the preset's config
+    task: Literal["recognition", "retrieval"] | None = None  # None: the preset's task; else it must match it
     # data
     train_list: str | None = None
     val_list: str | None = None
@@ -47,12 +48,17 @@ class TrainConfig:
     repeated_aug: int = 1  # augmented copies of each training video in a batch
     bad_sample_policy: Literal["skip", "resample", "fail"] = "skip"
     num_workers: int = 4
+    # retrieval data: train_list / val_list are the caption annotations, data_root the video folder
+    caption_format: Literal["msrvtt", "msvd", "vatex", "tsv"] = "tsv"  # tsv: video<TAB>caption lines
+    val_split: Literal["val", "test"] = "test"  # split of msrvtt / msvd / vatex evaluated (msrvtt: test)
+    tokenizer: str | None = None  # CLIP BPE: tokenizer.json, a vocab.json + merges.txt folder, or .txt.gz
     # optimisation
     epochs: int = 30
     warmup_epochs: float = 4.0
     batch_size: int = 32  # videos per process and per step (before repeated augmentation)
     grad_accum: int = 1
     lr: float = 1e-3
+    lr_clip: float = 1e-7  # retrieval: CLIP's trained parts (text tower, ln_post, proj); lr: new modules
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     weight_decay: float = 0.15
     betas: tuple[float, float] = (0.9, 0.999)
@@ -70,6 +76,8 @@ class TrainConfig:
     eval_batch_size: int | None = None  # videos per step; default batch_size
     eval_chunk: int = 8  # clips per forward pass when averaging views
     confusion_matrix: bool = False
+    sim_chunk: int = 64  # retrieval: captions scored against all videos at a time
+    dsl: bool = False  # retrieval: also report dual-softmax re-weighted numbers (dsl_*) beside the plain ones
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -253,11 +261,16 @@ def resolve_config(
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Cross-field checks and typing of the nested dicts (needs the model preset to exist)."""
     try:
-        get_preset(cfg.model)
+        task = get_preset(cfg.model).task
     except KeyError as e:
         raise ConfigError(f"{source}: model: {e.args[0]}") from None
+    if cfg.task is not None and cfg.task != task:
+        raise ConfigError(f"{source}: task: {cfg.task!r} does not match model {cfg.model!r}, a {task} preset")
+    if cfg.confusion_matrix and task != "recognition":
+        raise ConfigError(f"{source}: confusion_matrix: recognition only; {cfg.model!r} is a {task} preset")
     positive = ("num_classes", "frames", "image_size", "epochs", "batch_size", "grad_accum", "repeated_aug",
-                "eval_every", "test_crops", "test_clips", "eval_chunk", "frame_interval", "log_every")
+                "eval_every", "test_crops", "test_clips", "eval_chunk", "frame_interval", "log_every",
+                "sim_chunk")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(cfg, key)}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..models import get_preset
@@ -43,7 +43,7 @@ from .checkpoint import (
 from .config import TrainConfig, save_yaml
 from .distributed import DistInfo, all_gather_objects, all_reduce, cleanup, init_distributed
 from .evaluate import autocast_context, confusion_matrix, save_confusion_matrix
-from .optim import build_optimizer, build_scheduler
+from .optim import build_scheduler
 from .tasks import get_task
 
 
@@ -62,21 +62,9 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 9_973 + rank) % 2**63
 
 
-def make_loader(dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
-    """Sharded over ranks by a ``DistributedSampler`` (also with one process: it shuffles with (seed, epoch))."""
-    from ..data import collate_clips
-
-    sampler = DistributedSampler(
-        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=cfg.seed, drop_last=False
-    )
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_clips,
-        pin_memory=info.device.type == "cuda",
-    )
+def make_loader(dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader | Any:
+    """The loader of ``cfg.model``'s task over ``dataset``, sharded over ranks (see ``tasks.py``)."""
+    return get_task(get_preset(cfg.model).task).make_loader(dataset, cfg, info, train)
 
 
 class RunLog:
@@ -136,7 +124,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def all_ranks_have_clips(batch: dict[str, Any], info: DistInfo) -> bool:
     """False when this batch is empty (every sample bad) on any rank: then every rank skips it."""
-    count = torch.tensor([batch["label"].numel()], device=info.device)
+    count = torch.tensor([batch["index"].numel()], device=info.device)
     return all_reduce(count, info, dist.ReduceOp.MIN).item() > 0
 
 
@@ -160,7 +148,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
     """Train ``cfg.model`` and return the final metrics (also written to ``output_dir/metrics.json``).
 
     ``train_set`` / ``val_set`` replace the datasets built from ``train_list`` / ``val_list``; they must
-    yield the items of ``side4video.data.VideoClipDataset``.
+    yield the items of the task's dataset (``VideoClipDataset``, or ``CaptionDataset`` for retrieval).
     """
     owns_group = not dist.is_initialized()
     info = init_distributed(cfg.device)
@@ -183,8 +171,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         train_set = task.build_dataset(cfg, train=True)
     if val_set is None and cfg.val_list:
         val_set = task.build_dataset(cfg, train=False)
-    train_loader = make_loader(train_set, cfg, info, train=True)
-    val_loader = make_loader(val_set, cfg, info, train=False) if val_set is not None else None
+    train_loader = task.make_loader(train_set, cfg, info, train=True)
+    val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -194,7 +182,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if info.enabled else model
     )
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    optimizer = task.build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
@@ -208,7 +196,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
               f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs on {info.world_size} x {device}")
 
     # ---- resume -----------------------------------------------------------------------------------
-    start_epoch, step, best_top1, metrics = 1, 0, None, {}
+    start_epoch, step, best, metrics = 1, 0, None, {}  # best: the task's metric (checkpoint key best_top1)
     resume_from = resolve_resume(cfg.resume, out)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
@@ -218,7 +206,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        start_epoch, step, best_top1 = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_top1"]
+        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_top1"]
         if (out / "metrics.json").is_file():
             metrics = json.loads((out / "metrics.json").read_text())
         if info.is_main:
@@ -266,7 +254,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
                 step, pending = step + 1, 0
                 if step % cfg.log_every == 0:
                     now = time.perf_counter()
-                    values = {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+                    values = {"loss": loss.item(), "lr": max(g["lr"] for g in optimizer.param_groups),
                               "grad_norm": grad_norm.item(), "clips_per_s": window_clips / (now - window_start),
                               "epoch": epoch}
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
@@ -284,9 +272,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         if evaluated:
             val, preds = task.evaluate(model, val_loader, cfg, info)
             log.bad_samples(preds.bad)
-            is_best = best_top1 is None or val["top1"] > best_top1
-            best_top1 = val["top1"] if is_best else best_top1
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, "best_top1": best_top1}
+            is_best = best is None or val[task.metric] > best
+            best = val[task.metric] if is_best else best
+            metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": best}
             if cfg.confusion_matrix and info.is_main:
                 save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), out / "confusion.png",
                                       _label_names(cfg.label_names))
@@ -297,12 +285,12 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         log.record("epoch", step, {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": elapsed,
                                    **({"val": metrics["val"]} if evaluated else {})})
         if info.is_main:
-            val_text = f", val top1 {metrics['val']['top1']:.2f} top5 {metrics['val']['top5']:.2f}" if evaluated else ""
+            val_text = f", val {task.describe(metrics['val'])}" if evaluated else ""
             print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
 
         # ---- checkpoint and metrics at the epoch boundary ------------------------------------------
         if info.is_main:
-            ckpt = make_checkpoint(model, cfg.model, optimizer, scheduler, scaler, epoch, step, best_top1, cfg)
+            ckpt = make_checkpoint(model, cfg.model, optimizer, scheduler, scaler, epoch, step, best, cfg)
             atomic_save(ckpt, out / "last.pt")
             if is_best:
                 atomic_save(ckpt, out / "best.pt")
