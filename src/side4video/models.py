@@ -176,7 +176,7 @@ def build_model(
     preset = get_preset(name)
     if isinstance(cfg, dict):
         cfg = make_config(name, **cfg)
-    backbone = None
+    backbone, towers = None, {}
     if pretrained is not None:
         from .backbones.loading import load_backbone
 
@@ -186,6 +186,14 @@ def build_model(
             raise ValueError(
                 f"{pretrained} holds a backbone {backbone.cfg} but {name} expects {cfg.backbone}: {expected}"
             )
+        if preset.task == "retrieval":  # the same CLIP checkpoint holds the text tower
+            from .backbones.text import load_text_tower
+
+            towers["text"] = load_text_tower(pretrained)
+            shape = ("vocab_size", "context_length", "width", "heads", "layers", "output_dim", "mlp_dim")
+            got, want = ({k: getattr(c, k) for k in shape} for c in (towers["text"].cfg, cfg.text))
+            if got != want:
+                raise ValueError(f"{pretrained} holds a text tower {got} but {name} expects {want}")
     elif image_size is not None:
         backbone = build_vit(cfg.backbone, image_size=image_size)
-    return preset.build(cfg, backbone)
+    return preset.build(cfg, backbone, **towers)
