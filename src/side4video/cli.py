@@ -1,12 +1,14 @@
 """``side4video`` command line: one small function per subcommand.
 
     side4video train [CONFIG] [--model NAME ...] [--set key=value ...]
-    side4video eval --checkpoint CKPT --val-list F --data-root DIR [--views 3x2] [--json]
+    side4video eval --checkpoint CKPT [--val-list F --data-root DIR] [--views 3x2] [--json]
     side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
     side4video check-data --list F --data-root DIR
     side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
     side4video export CKPT --out DIR
     side4video demo [--output-dir DIR]
+    side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
+    side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
 
 A new subcommand is a ``add_<name>_parser`` function registering its flags and a ``cmd_<name>``
 function run with the parsed arguments; both go into ``COMMANDS``.
@@ -25,7 +27,8 @@ TRAIN_FLAGS = {
     "model": "model", "train_list": "train_list", "val_list": "val_list", "data_root": "data_root",
     "num_classes": "num_classes", "frames": "frames", "image_size": "image_size", "epochs": "epochs",
     "batch_size": "batch_size", "lr": "lr", "device": "device", "seed": "seed", "output_dir": "output_dir",
-    "resume": "resume", "pretrained": "pretrained", "num_workers": "num_workers",
+    "resume": "resume", "pretrained": "pretrained", "num_workers": "num_workers", "task": "task",
+    "tokenizer": "tokenizer",
 }
 
 
@@ -47,6 +50,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (also under torchrun)")
     p.add_argument("config", nargs="?", help="YAML file of TrainConfig keys (configs/*.yaml)")
     p.add_argument("--model", help="preset name, e.g. side4video-b16")
+    p.add_argument("--task", choices=["recognition", "retrieval"], help="must match the preset's (default)")
     p.add_argument("--train-list", help="training annotation list")
     p.add_argument("--val-list", help="validation annotation list")
     p.add_argument("--data-root", help="directory the list paths are relative to")
@@ -62,6 +66,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="'auto' (output-dir/last.pt if present) or a checkpoint path")
     p.add_argument("--pretrained", help="backbone weights file")
     p.add_argument("--num-workers", type=int)
+    p.add_argument("--tokenizer", help="retrieval: tokenizer.json, vocab.json + merges.txt folder or .txt.gz")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig key; dotted for nested keys, e.g. model_overrides.dropout=0.3")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -87,10 +92,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="multi-view evaluation of a checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: multi-view accuracy or retrieval recalls")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--val-list", required=True)
-    p.add_argument("--data-root", required=True)
+    p.add_argument("--val-list", help="annotation list, or retrieval captions (default: the run's)")
+    p.add_argument("--data-root", help="directory of the videos (default: the run's)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the training config's)")
     p.add_argument("--batch-size", type=int, help="videos per step")
     p.add_argument("--chunk", type=int, help="clips per forward pass")
@@ -98,6 +103,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix to this file")
     p.add_argument("--labels", help="class names file (for the confusion matrix)")
+    p.add_argument("--caption-format", choices=["msrvtt", "msvd", "vatex", "tsv"], help="retrieval captions")
+    p.add_argument("--val-split", choices=["val", "test"], help="retrieval split of msrvtt / msvd / vatex")
+    p.add_argument("--tokenizer", help="retrieval tokenizer (default: the run's)")
+    p.add_argument("--dsl", action="store_true", default=None, help="retrieval: add dual-softmax numbers")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -106,6 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .data import read_label_names
     from .engine.checkpoint import load_model_for_inference
+    from .engine.config import ConfigError
     from .engine.distributed import cleanup, init_distributed
     from .engine.evaluate import confusion_matrix, save_confusion_matrix
     from .engine.tasks import get_task
@@ -116,17 +126,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         model, cfg = load_model_for_inference(args.checkpoint, info.device)
         changes = {"val_list": args.val_list, "data_root": args.data_root, "eval_batch_size": args.batch_size,
-                   "eval_chunk": args.chunk, "num_workers": args.num_workers}
+                   "eval_chunk": args.chunk, "num_workers": args.num_workers, "tokenizer": args.tokenizer,
+                   "caption_format": args.caption_format, "val_split": args.val_split, "dsl": args.dsl}
         if args.views is not None:
             changes["test_crops"], changes["test_clips"] = args.views
         cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
         task = get_task(get_preset(cfg.model).task)
+        if args.confusion and task.name != "recognition":
+            raise ConfigError(f"--confusion: {cfg.model} is a {task.name} model, not a classifier")
         loader = make_loader(task.build_dataset(cfg, train=False), cfg, info, train=False)
         metrics, preds = task.evaluate(model, loader, cfg, info, progress=True)
         if not info.is_main:
             return 0
         for sample in preds.bad:
             print(f"skipped bad sample {sample.path}: {sample.reason}", file=sys.stderr)
+        if task.name == "retrieval":
+            if args.json:
+                print(json.dumps({**metrics, "checkpoint": args.checkpoint}))
+            else:
+                print(f"{args.checkpoint}: {metrics['num_texts']} captions, {metrics['num_videos']} videos")
+                print(task.describe(metrics))
+            return 0
         if args.confusion:
             names = read_label_names(args.labels) if args.labels else None
             save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), args.confusion, names)
@@ -274,6 +294,90 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- search / embed --------------------------------------------------------------------------------
+
+
+def _add_retrieval_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="retrieval training checkpoint")
+    p.add_argument("--tokenizer", help="CLIP tokenizer (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=8, help="videos or texts per forward pass")
+    p.add_argument("--device", default="auto")
+
+
+def _video_index(args: argparse.Namespace, model, cfg, cache_file: str | None):
+    """Embeddings of every video under ``args.videos`` (through the cache, if any); reports the unreadable."""
+    from .search import EmbeddingCache, encode_videos, find_videos, model_key
+
+    cache = EmbeddingCache(cache_file, model_key(args.checkpoint, cfg)) if cache_file else None
+    index = encode_videos(model, cfg, find_videos(args.videos), cache, args.batch_size, progress=True)
+    for path, reason in index.errors.items():
+        print(f"unreadable video {path}: {reason}", file=sys.stderr)
+    total = len(index.paths) + len(index.errors)
+    source = f", {total - index.encoded} from the cache {cache_file}" if cache else ""
+    print(f"{total} videos: {index.encoded} encoded{source}, {len(index.errors)} unreadable", file=sys.stderr)
+    return index
+
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="rank the videos of a folder for sentences with a retrieval checkpoint")
+    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("--videos", required=True, help="folder searched recursively for video files")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per query")
+    _add_retrieval_model_flags(p)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .engine.distributed import resolve_device
+    from .search import CACHE_NAME, load_retrieval_model, search
+
+    model, cfg, tokenizer = load_retrieval_model(args.checkpoint, resolve_device(args.device), args.tokenizer)
+    index = _video_index(args, model, cfg, args.cache or os.path.join(args.videos, CACHE_NAME))
+    for query in args.queries:
+        hits = search(model, tokenizer, index, query, args.topk)
+        if args.json:
+            print(json.dumps({"query": query, "results": hits, "errors": index.errors}))
+            continue
+        print(query)
+        for hit in hits:
+            print(f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['path']}")
+    return 0
+
+
+def add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="export the video or text embeddings of a retrieval checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", help="folder searched recursively for video files")
+    source.add_argument("--texts", help="text file, one sentence per line")
+    p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--cache", help="videos: read and update this embedding cache file")
+    _add_retrieval_model_flags(p)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Videos: ``{"paths", "embeddings" (N, T, E) or (N, E), "errors"}``; texts: ``{"texts",
+    "embeddings" (N, L, E) with "mask" (N, L), or (N, E)}``; both with "kind", "checkpoint", "model_name"."""
+    import torch
+
+    from .engine.distributed import resolve_device
+    from .search import encode_texts, load_retrieval_model
+
+    model, cfg, tokenizer = load_retrieval_model(args.checkpoint, resolve_device(args.device), args.tokenizer)
+    out = {"checkpoint": args.checkpoint, "model_name": cfg.model}
+    if args.videos:
+        index = _video_index(args, model, cfg, args.cache)
+        out.update(kind="video", paths=index.paths, embeddings=index.embeddings, errors=index.errors)
+    else:
+        with open(args.texts, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+        emb, mask = encode_texts(model, tokenizer, texts, args.batch_size)
+        out.update(kind="text", texts=texts, embeddings=emb, **({"mask": mask} if emb.ndim == 3 else {}))
+    torch.save(out, args.out)
+    print(f"wrote {args.out}: {out['kind']} embeddings {tuple(out['embeddings'].shape)}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "train": (add_train_parser, cmd_train),
     "eval": (add_eval_parser, cmd_eval),
@@ -282,6 +386,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "profile": (add_profile_parser, cmd_profile),
     "export": (add_export_parser, cmd_export),
     "demo": (add_demo_parser, cmd_demo),
+    "search": (add_search_parser, cmd_search),
+    "embed": (add_embed_parser, cmd_embed),
 }
 
 
