@@ -174,7 +174,9 @@ RECIPES = {  # (lr, epochs, warmup, repeated_aug, crops x clips) from the paper'
 
 
 def test_every_yaml_config_loads():
-    files = sorted((REPO / "configs").glob("*.yaml"))
+    # Side4Video recognition recipes; tests/test_recipes.py checks the other methods' configs.
+    configs = REPO / "configs"
+    files = sorted(f for d in ("k400", "ssv1", "ssv2") for f in configs.glob(f"{d}_side4video-*.yaml"))
     assert len(files) == 15
     for path in files:
         cfg = resolve_config(path)
