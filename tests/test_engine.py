@@ -223,6 +223,9 @@ def test_param_groups_put_embeddings_and_vectors_in_no_decay():
     names = {g["name"]: set(g["names"]) for g in param_groups(vit, 0.1)}
     assert {"class_embedding", "positional_embedding", "ln_pre.weight"} <= names["no_decay"]
     assert {"conv1.weight", "proj", "transformer.resblocks.0.attn.in_proj_weight"} <= names["decay"]
+    zeroi2v = create_model("zeroi2v-tiny", num_classes=2, image_size=32)
+    names = {g["name"]: set(g["names"]) for g in param_groups(zeroi2v, 0.1)}
+    assert "backbone.embed_hook.embedding" in names["no_decay"]  # ZeroI2V's temporal embedding
 
 
 def test_warmup_then_cosine_per_step():

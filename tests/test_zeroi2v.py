@@ -46,7 +46,7 @@ def randomise(model: ZeroI2V) -> ZeroI2V:
             if isinstance(m, LinearAdapter):
                 for p in m.parameters():
                     p.normal_(0, 0.05)
-        model.backbone.embed_hook.weight.normal_(0, 0.1)
+        model.backbone.embed_hook.embedding.normal_(0, 0.1)
         model.backbone.ln_post.weight.normal_(1, 0.1)
         model.backbone.ln_post.bias.normal_(0, 0.1)
         model.head.fc.weight.normal_(0, 0.1)
@@ -130,10 +130,10 @@ def test_default_offsets_follow_paper_table6():
 def test_temporal_embedding_adds_one_vector_per_frame():
     emb = TemporalEmbedding(3, 4)
     with torch.no_grad():
-        emb.weight.copy_(torch.arange(12.0).view(3, 4))
+        emb.embedding.copy_(torch.arange(12.0).view(3, 4))
     x = torch.zeros(2 * 3, 5, 4)
     out = emb(x, 3).view(2, 3, 5, 4)
-    assert torch.equal(out, emb.weight[None, :, None].expand(2, 3, 5, 4))
+    assert torch.equal(out, emb.embedding[None, :, None].expand(2, 3, 5, 4))
     with pytest.raises(ValueError, match="3 frames"):
         emb(torch.zeros(4, 5, 4), 4)
 

@@ -111,55 +111,43 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .data import read_label_names
-    from .engine.checkpoint import load_model_for_inference
     from .engine.config import ConfigError
-    from .engine.distributed import cleanup, init_distributed
-    from .engine.evaluate import confusion_matrix, save_confusion_matrix
+    from .engine.evaluate import confusion_matrix, evaluate_checkpoint, save_confusion_matrix
     from .engine.tasks import get_task
-    from .engine.train import make_loader
     from .models import get_preset
 
-    info = init_distributed(args.device)
-    try:
-        model, cfg = load_model_for_inference(args.checkpoint, info.device)
-        changes = {"val_list": args.val_list, "data_root": args.data_root, "eval_batch_size": args.batch_size,
-                   "eval_chunk": args.chunk, "num_workers": args.num_workers, "tokenizer": args.tokenizer,
-                   "caption_format": args.caption_format, "val_split": args.val_split, "dsl": args.dsl}
-        if args.views is not None:
-            changes["test_crops"], changes["test_clips"] = args.views
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-        task = get_task(get_preset(cfg.model).task)
-        if args.confusion and task.name != "recognition":
-            raise ConfigError(f"--confusion: {cfg.model} is a {task.name} model, not a classifier")
-        loader = make_loader(task.build_dataset(cfg, train=False), cfg, info, train=False)
-        metrics, preds = task.evaluate(model, loader, cfg, info, progress=True)
-        if not info.is_main:
-            return 0
-        for sample in preds.bad:
-            print(f"skipped bad sample {sample.path}: {sample.reason}", file=sys.stderr)
-        if task.name == "retrieval":
-            if args.json:
-                print(json.dumps({**metrics, "checkpoint": args.checkpoint}))
-            else:
-                print(f"{args.checkpoint}: {metrics['num_texts']} captions, {metrics['num_videos']} videos")
-                print(task.describe(metrics))
-            return 0
-        if args.confusion:
-            names = read_label_names(args.labels) if args.labels else None
-            save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), args.confusion, names)
-        views = f"{cfg.test_crops}x{cfg.test_clips}"
-        if args.json:
-            print(json.dumps({**metrics, "views": views, "checkpoint": args.checkpoint}))
-        else:
-            print(f"{args.checkpoint}: {metrics['num_samples']} videos, views {views} (crops x clips)")
-            print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  "
-                  f"mean class acc {metrics['mean_class_acc']:.2f}")
+    changes = {"val_list": args.val_list, "data_root": args.data_root, "eval_batch_size": args.batch_size,
+               "eval_chunk": args.chunk, "num_workers": args.num_workers, "tokenizer": args.tokenizer,
+               "caption_format": args.caption_format, "val_split": args.val_split, "dsl": args.dsl}
+    if args.views is not None:
+        changes["test_crops"], changes["test_clips"] = args.views
+    metrics, preds, cfg = evaluate_checkpoint(args.checkpoint, args.device, progress=True, **changes)
+    if int(os.environ.get("RANK", 0)) != 0:
         return 0
-    finally:
-        cleanup()
+    for sample in preds.bad:
+        print(f"skipped bad sample {sample.path}: {sample.reason}", file=sys.stderr)
+    task = get_task(get_preset(cfg.model).task)
+    if task.name == "retrieval":
+        if args.confusion:
+            raise ConfigError(f"--confusion: {cfg.model} is a {task.name} model, not a classifier")
+        if args.json:
+            print(json.dumps({**metrics, "checkpoint": args.checkpoint}))
+        else:
+            print(f"{args.checkpoint}: {metrics['num_texts']} captions, {metrics['num_videos']} videos")
+            print(task.describe(metrics))
+        return 0
+    if args.confusion:
+        names = read_label_names(args.labels) if args.labels else None
+        save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), args.confusion, names)
+    views = f"{cfg.test_crops}x{cfg.test_clips}"
+    if args.json:
+        print(json.dumps({**metrics, "views": views, "checkpoint": args.checkpoint}))
+    else:
+        print(f"{args.checkpoint}: {metrics['num_samples']} videos, views {views} (crops x clips)")
+        print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  "
+              f"mean class acc {metrics['mean_class_acc']:.2f}")
+    return 0
 
 
 # ---- predict ---------------------------------------------------------------------------------------
@@ -406,6 +394,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError) as e:
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError, ValueError, KeyError) as e:
         print(f"side4video {args.command}: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -10,8 +10,8 @@
   parameter its gradient and two AdamW moments, all in float32.
 
 Everything works on ``torch.device("meta")``, where no memory is allocated, so even the
-4.4 B-parameter EVA-CLIP backbone is profiled on a small CPU machine. On CUDA a real training
-step also gives ``cuda_peak_bytes`` and ``step_time_s``.
+4.4 B-parameter EVA-CLIP backbone is profiled on a small CPU machine. On a real device, timed
+AdamW training steps give ``step_time_s``, and on CUDA ``cuda_peak_bytes``.
 """
 
 from __future__ import annotations
@@ -145,26 +145,31 @@ def training_memory_bytes(model: nn.Module, activation_bytes: int, bytes_per_val
     return activation_bytes + bytes_per_value * (weights + 3 * tunable)
 
 
-def _cuda_step(model: nn.Module, make_batch: Callable[[], tuple], loss_fn: Callable, steps: int = 3):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+def _training_steps(model: nn.Module, batch: tuple, loss_fn: Callable, steps: int = 3) -> tuple[float, int | None]:
+    """Seconds per real AdamW training step (after one warm-up step) and, on CUDA, the peak memory."""
+    device = batch[0].device
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(model, *make_batch())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn(model, *batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up: allocates optimizer state and autotunes kernels
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(), (time.perf_counter() - start) / steps
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return seconds, torch.cuda.max_memory_allocated() if cuda else None
 
 
 def _recognition_loss(model: nn.Module, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -239,7 +244,7 @@ def profile_model(
         activation_bytes=act,
         train_memory_bytes=training_memory_bytes(model, act),
     )
-    if dev.type == "cuda":
-        prof.cuda_peak_bytes, prof.step_time_s = _cuda_step(model, lambda: batch, loss_fn)
-        prof.step_time_s = round(prof.step_time_s, 4)
+    if dev.type != "meta":
+        seconds, prof.cuda_peak_bytes = _training_steps(model, batch, loss_fn)
+        prof.step_time_s = round(seconds, 4)
     return prof

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -135,3 +137,32 @@ def save_confusion_matrix(cm: np.ndarray, path: str | Path, label_names: list[st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_checkpoint(
+    path: str | Path, device: str = "auto", progress: bool = False, **changes: Any
+) -> tuple[dict, Predictions, Any]:
+    """Evaluate a training checkpoint or a merged export on its run's validation data.
+
+    ``changes`` replace fields of the run's ``TrainConfig`` (``val_list``, ``test_crops``, ...; None keeps
+    the run's value). Returns (metrics, predictions, config); under torchrun every rank gets the metrics.
+    """
+    import dataclasses
+
+    from ..models import get_preset
+    from .checkpoint import load_model_for_inference
+    from .distributed import cleanup, init_distributed
+    from .tasks import get_task
+
+    owns_group = not dist.is_initialized()
+    info = init_distributed(device)
+    try:
+        model, cfg = load_model_for_inference(path, info.device)
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+        task = get_task(get_preset(cfg.model).task)
+        loader = task.make_loader(task.build_dataset(cfg, train=False), cfg, info, train=False)
+        metrics, preds = task.evaluate(model, loader, cfg, info, progress=progress)
+        return metrics, preds, cfg
+    finally:
+        if owns_group:
+            cleanup()

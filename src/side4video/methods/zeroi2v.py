@@ -157,15 +157,15 @@ class TemporalEmbedding(nn.Module):
 
     def __init__(self, num_frames: int, width: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_frames, width))
+        self.embedding = nn.Parameter(torch.zeros(num_frames, width))
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        if num_frames != self.weight.shape[0]:
+        if num_frames != self.embedding.shape[0]:
             raise ValueError(
-                f"temporal embedding was built for {self.weight.shape[0]} frames, got clips of {num_frames}"
+                f"temporal embedding was built for {self.embedding.shape[0]} frames, got clips of {num_frames}"
             )
         bt, n, d = x.shape  # (B*T, 1+N, D)
-        x = x.view(bt // num_frames, num_frames, n, d) + self.weight.to(x.dtype)[:, None]  # (B, T, 1+N, D)
+        x = x.view(bt // num_frames, num_frames, n, d) + self.embedding.to(x.dtype)[:, None]  # (B, T, 1+N, D)
         return x.view(bt, n, d)
 
 
