@@ -14,15 +14,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from side4video.backbones.text import TEXT_TOWERS, TextTransformer
-from side4video.backbones.tokenizer import EOT, SOT, load_tokenizer
+from side4video.backbones.tokenizer import load_tokenizer
 from side4video.backbones.vit import build_vit
 from side4video.cli import main
 from side4video.data import make_corrupt_video
 from side4video.data.captions import VideoOnlyDataset
-from side4video.data.synthetic_captions import COLOURS, DIRECTIONS, SHAPES, make_captioned_dataset, paraphrases
+from side4video.data.synthetic_captions import (
+    COLOURS,
+    SHAPES,
+    make_captioned_dataset,
+    paraphrases,
+    write_caption_tokenizer,
+)
 from side4video.engine import TrainConfig, load_checkpoint, load_model_for_inference, train
 from side4video.engine.distributed import DistInfo
 from side4video.engine.tasks import get_task
@@ -35,25 +40,11 @@ DIRS = ("left", "right")  # 4 colours x 2 shapes x 2 directions = 16 videos per 
 NUM_VIDEOS = len(COLOURS) * len(SHAPES) * len(DIRS)
 
 
-def write_word_tokenizer(path: Path) -> str:
-    """A word-level ``tokenizer.json`` over the synthetic captions' words, SOT and EOT the largest ids."""
-    words = sorted({w for c in COLOURS for s in SHAPES for d in DIRECTIONS for p in paraphrases(c, s, d)
-                    for w in p.split()})
-    vocab = {"<pad>": 0, **{w: i + 1 for i, w in enumerate(words)}}
-    vocab[SOT], vocab[EOT] = len(vocab), len(vocab) + 1
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens([SOT, EOT])
-    tok.save(str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("captions")
     synthetic = make_captioned_dataset(root, num_frames=8, size=64, directions=DIRS)
-    return synthetic, write_word_tokenizer(root / "tokenizer.json")
+    return synthetic, write_caption_tokenizer(root / "tokenizer.json")
 
 
 def config(data, out: Path, **kw) -> TrainConfig:

@@ -26,7 +26,7 @@ from .synthetic import (
     write_frame_folder,
     write_video,
 )
-from .synthetic_captions import CaptionedSynthetic, make_captioned_dataset
+from .synthetic_captions import CaptionedSynthetic, make_captioned_dataset, write_caption_tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, SS_FLIP_PAIRS, AugmentConfig, eval_views, train_clip
 from .video import (
     VideoReadError,
@@ -82,6 +82,7 @@ __all__ = [
     "sample_indices",
     "segment_indices",
     "train_clip",
+    "write_caption_tokenizer",
     "write_frame_folder",
     "write_video",
 ]

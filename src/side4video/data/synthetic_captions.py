@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..backbones.tokenizer import EOT, SOT
 from .synthetic import write_video
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235), "yellow": (235, 215, 40)}
@@ -112,3 +113,20 @@ def make_captioned_dataset(
         with open(files[split], "w", encoding="utf-8") as f:
             f.writelines(lines)
     return CaptionedSynthetic(root, files["train"], files["test"], num_frames, len(_TEMPLATES))
+
+
+def write_caption_tokenizer(path: str | os.PathLike) -> str:
+    """A word-level ``tokenizer.json`` covering every synthetic caption, with CLIP's start and end tokens
+    as the two largest ids (so EOT pooling at the largest id works), for runs without CLIP's BPE files."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = sorted({w for c in COLOURS for s in SHAPES for d in DIRECTIONS for p in paraphrases(c, s, d)
+                    for w in p.split()})
+    vocab = {"<pad>": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    vocab[SOT], vocab[EOT] = len(vocab), len(vocab) + 1
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([SOT, EOT])
+    tokenizer.save(os.fspath(path))
+    return os.fspath(path)
