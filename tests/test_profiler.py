@@ -75,3 +75,37 @@ def test_e14_light_profiles_on_meta():
     prof = profile_model("side4video-e14-light", num_classes=174, frames=8, batch_size=1, device="meta")
     assert prof.total_params / 1e9 == pytest.approx(4.5, rel=0.05)
     assert prof.tunable_params < 0.05 * prof.total_params
+
+
+@pytest.mark.parametrize(("name", "merged", "gflops_3views"), [
+    ("st-adapter-b16", False, 455),  # ST-Adapter paper, 8 frames x 3 views
+    ("zeroi2v-b16", True, 422),  # ZeroI2V Table 3: merged = the plain ViT-B/16
+    ("zeroi2v-l14", True, 1946),
+    ("frozen-meanp-b16", False, 422),
+])
+def test_adapter_methods_reproduce_their_papers_flops(name, merged, gflops_3views):
+    prof = profile_model(name, num_classes=400, frames=8, batch_size=1, device="meta", merged=merged)
+    assert prof.gflops_per_view == pytest.approx(gflops_3views / 3, rel=0.04)
+
+
+def test_zeroi2v_merge_removes_exactly_the_adapters():
+    adapted = profile_model("zeroi2v-b16", num_classes=400, frames=8, device="meta")
+    merged = profile_model("zeroi2v-b16", num_classes=400, frames=8, device="meta", merged=True)
+    assert adapted.tunable_params - merged.tunable_params == pytest.approx(14.2e6, rel=0.01)
+    assert adapted.total_params - merged.total_params == adapted.tunable_params - merged.tunable_params
+
+
+def test_side4video_light_needs_under_a_third_of_st_adapters_training_memory():
+    # Side4Video Table 2 (ViT-B/16, 8 frames, batch 32): 8.9 G vs 28.8 G
+    side = profile_model("side4video-b16-light", num_classes=174, frames=8, batch_size=32, device="meta")
+    adapter = profile_model("st-adapter-b16", num_classes=174, frames=8, batch_size=32, device="meta")
+    assert side.train_memory_bytes <= 0.31 * adapter.train_memory_bytes
+
+
+def test_retrieval_presets_profile_and_side4video_sits_between_frozen_and_full_clip4clip():
+    kw = dict(frames=12, batch_size=4, device="meta")
+    full = profile_model("clip4clip-b16", **kw)
+    frozen = profile_model("clip4clip-frozen-b16", **kw)
+    side = profile_model("side4video-retrieval-b16", **kw)
+    assert frozen.train_memory_bytes < side.train_memory_bytes < full.train_memory_bytes
+    assert side.gflops_per_view > frozen.gflops_per_view == full.gflops_per_view
