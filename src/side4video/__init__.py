@@ -1,10 +1,29 @@
 """side4video: memory-efficient image-to-video transfer learning on frozen CLIP / EVA-CLIP ViTs."""
 
 from .backbones.loading import load_backbone
+from .backbones.text import TextTransformer, load_text_tower
+from .backbones.tokenizer import ClipTokenizer, load_tokenizer
 from .backbones.vit import VisionConfig, VisionTransformer, build_vit, freeze
+from .export import export_merged, load_exported
+from .metrics import retrieval_metrics
 from .models import create_model, list_models
+from .profiler import profile_model
 
 __all__ = [
-    "VisionConfig", "VisionTransformer", "build_vit", "create_model", "freeze", "list_models", "load_backbone"
+    "ClipTokenizer",
+    "TextTransformer",
+    "VisionConfig",
+    "VisionTransformer",
+    "build_vit",
+    "create_model",
+    "export_merged",
+    "freeze",
+    "list_models",
+    "load_backbone",
+    "load_exported",
+    "load_text_tower",
+    "load_tokenizer",
+    "profile_model",
+    "retrieval_metrics",
 ]
 __version__ = "0.1.0"
