@@ -24,7 +24,7 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..backbones.tokenizer import ClipTokenizer
-from .dataset import BadSample, BadSamplePolicy
+from .dataset import BadSample, BadSamplePolicy, load_with_policy
 from .sampling import segment_indices
 from .transforms import CLIP_MEAN, CLIP_STD, eval_views
-from .video import VideoReadError, header_frame_count, read_all_frames, read_video_frames
+from .video import video_frame_source
 
 # Tried, in this order, when a listed video is not found with its own extension.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -263,15 +263,6 @@ def resolve_video(path: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> st
     return next((stem + e for e in extensions if os.path.isfile(stem + e)), path)
 
 
-def _frame_source(path: str) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
-    """Frame count of a video file and a function reading frames by index."""
-    n = header_frame_count(path)
-    if n is not None:
-        return n, lambda indices: read_video_frames(path, indices)
-    frames = read_all_frames(path)  # the container gives no count: decode it once
-    return len(frames), frames.__getitem__
-
-
 class VideoOnlyDataset(Dataset):
     """One clip per video: ``{"video": float32 (3, T, S, S), "frame_indices": int64 (T,), "video_index": int,
     "path": str}``, or a ``BadSample`` (``bad_sample_policy="skip"``) when the video cannot be read.
@@ -329,7 +320,7 @@ class VideoOnlyDataset(Dataset):
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The clip of video ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
         path = self.path(index)
-        n, read = _frame_source(path)
+        n, read = video_frame_source(path)
         indices = segment_indices(n, self.num_frames, train=self.train, rng=rng)  # (T,)
         frames = read(indices)  # (T, H, W, 3) uint8
         norm = dict(mean=self.mean, std=self.std)
@@ -344,12 +335,7 @@ class VideoOnlyDataset(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        try:
-            return self.load(index, self.rng(index))
-        except VideoReadError as e:
-            if self.bad_sample_policy == "fail":
-                raise
-            return BadSample(index, e.path, e.reason, e.kind)
+        return load_with_policy(self.load, index, len(self), self.rng, self.bad_sample_policy)
 
 
 class CaptionDataset(Dataset):
@@ -414,24 +400,9 @@ class CaptionDataset(Dataset):
         return {**self.clips.load(video, rng), **text}
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        try:  # seeded by the caption, so the captions of one video see different frames
-            return self.load(index, self.clips.rng(index))
-        except VideoReadError as e:
-            if self.bad_sample_policy == "fail":
-                raise
-            bad = [BadSample(index, e.path, e.reason, e.kind)]
-        if self.bad_sample_policy == "skip":
-            return bad[0]
-        for attempt in range(1, self.max_resample + 1):
-            rng = self.clips.rng(index, attempt)
-            other = int(rng.integers(len(self)))
-            try:
-                return {**self.load(other, rng), "bad": bad}
-            except VideoReadError as e:
-                bad.append(BadSample(other, e.path, e.reason, e.kind))
-        tried = ", ".join(b.path for b in bad[1:])
-        reason = f"{bad[0].reason}; the {self.max_resample} captions resampled instead failed too: {tried}"
-        return BadSample(index, bad[0].path, reason, bad[0].kind)
+        # seeded by the caption, so the captions of one video see different frames
+        return load_with_policy(self.load, index, len(self), self.clips.rng, self.bad_sample_policy,
+                                self.max_resample)
 
     def eval_targets(self, video_indices: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """For the videos actually encoded, in the order of the similarity's columns: the captions to keep

@@ -30,14 +30,7 @@ from torch.utils.data import Dataset
 from .lists import ListKind, VideoRecord, read_annotation_list
 from .sampling import Sampling, sample_indices
 from .transforms import AugmentConfig, eval_views, train_clip
-from .video import (
-    ReadErrorKind,
-    VideoReadError,
-    header_frame_count,
-    read_all_frames,
-    read_frame_folder,
-    read_video_frames,
-)
+from .video import ReadErrorKind, VideoReadError, read_frame_folder, video_frame_source
 
 BadSamplePolicy = Literal["skip", "resample", "fail"]
 
@@ -48,6 +41,40 @@ class BadSample:
     path: str
     reason: str
     kind: ReadErrorKind = "undecodable"
+
+
+def load_with_policy(
+    load: Callable[[int, np.random.Generator], dict[str, Any]],
+    index: int,
+    size: int,
+    rng: Callable[[int, int], np.random.Generator],
+    policy: BadSamplePolicy,
+    max_resample: int = 10,
+) -> dict[str, Any] | BadSample:
+    """``load(index, rng(index, 0))``, with a bad video (``VideoReadError``) handled by ``policy``.
+
+    ``"fail"`` re-raises; ``"skip"`` returns a ``BadSample``; ``"resample"`` loads other random entries
+    (at most ``max_resample``) and returns the first good one with the bad ones under ``"bad"``, or a
+    ``BadSample`` naming them all. Nothing is ever zero-filled.
+    """
+    try:
+        return load(index, rng(index, 0))
+    except VideoReadError as e:
+        if policy == "fail":
+            raise
+        bad = [BadSample(index, e.path, e.reason, e.kind)]
+    if policy == "skip":
+        return bad[0]
+    for attempt in range(1, max_resample + 1):
+        attempt_rng = rng(index, attempt)
+        other = int(attempt_rng.integers(size))
+        try:
+            return {**load(other, attempt_rng), "bad": bad}
+        except VideoReadError as e:
+            bad.append(BadSample(other, e.path, e.reason, e.kind))
+    tried = ", ".join(b.path for b in bad[1:])
+    reason = f"{bad[0].reason}; the {max_resample} entries resampled instead failed too: {tried}"
+    return BadSample(index, bad[0].path, reason, bad[0].kind)
 
 
 class VideoClipDataset(Dataset):
@@ -134,11 +161,8 @@ class VideoClipDataset(Dataset):
             if not os.path.isdir(path):
                 raise VideoReadError(path, "missing frame folder", "missing")
             n, read = record.num_frames, partial(read_frame_folder, path, template=self.frames_template)
-        elif (n := header_frame_count(path)) is not None:
-            read = partial(read_video_frames, path)
-        else:  # the container gives no count (WebM, Matroska, ...): decode the whole video once
-            frames = read_all_frames(path)
-            n, read = len(frames), frames.__getitem__
+        else:
+            n, read = video_frame_source(path)
         if n == 0:
             raise VideoReadError(path, "empty: 0 frames", "empty")
         if n < self.min_frames:
@@ -179,24 +203,7 @@ class VideoClipDataset(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        try:
-            return self.load(index, self._rng(index))
-        except VideoReadError as e:
-            if self.bad_sample_policy == "fail":
-                raise
-            bad = [BadSample(index, e.path, e.reason, e.kind)]
-        if self.bad_sample_policy == "skip":
-            return bad[0]
-        for attempt in range(1, self.max_resample + 1):
-            rng = self._rng(index, attempt)
-            other = int(rng.integers(len(self)))
-            try:
-                return {**self.load(other, rng), "bad": bad}
-            except VideoReadError as e:
-                bad.append(BadSample(other, e.path, e.reason, e.kind))
-        tried = ", ".join(b.path for b in bad[1:])
-        reason = f"{bad[0].reason}; the {self.max_resample} entries resampled instead failed too: {tried}"
-        return BadSample(index, bad[0].path, reason, bad[0].kind)
+        return load_with_policy(self.load, index, len(self), self._rng, self.bad_sample_policy, self.max_resample)
 
 
 def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:

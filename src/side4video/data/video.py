@@ -12,8 +12,9 @@ first one and decodes forward, converting only the frames that are asked for.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
+from functools import partial
 from typing import Literal
 
 import av
@@ -202,3 +203,13 @@ def read_frame_folder(
     if len(shapes) > 1:
         raise VideoReadError(path, f"frames of different sizes {sorted(shapes)}")
     return np.stack([frames[int(i)] for i in indices])
+
+
+def video_frame_source(path: str) -> tuple[int, Callable[[Sequence[int]], np.ndarray]]:
+    """Frame count of a video file and a function reading frames by index. A container that gives no
+    count (WebM, Matroska, ...) is decoded once, whole."""
+    n = header_frame_count(path)
+    if n is not None:
+        return n, partial(read_video_frames, path)
+    frames = read_all_frames(path)
+    return len(frames), frames.__getitem__
