@@ -128,3 +128,35 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0
     for command in ("train", "eval", "predict", "check-data"):
         assert command in proc.stdout
+
+
+def test_zeroi2v_export_then_eval_and_predict_the_merged_model(motion, tmp_path, capsys):
+    torch.set_num_threads(1)
+    out, merged = tmp_path / "run", tmp_path / "merged"
+    code, _, _ = run(
+        capsys, "train", "--model", "zeroi2v-tiny", "--train-list", motion.train_list, "--val-list",
+        motion.val_list, "--data-root", motion.root, "--num-classes", "4", "--frames", "4", "--image-size", "32",
+        "--epochs", "1", "--batch-size", "4", "--lr", "1e-2", "--device", "cpu", "--output-dir", str(out),
+        "--num-workers", "0", "--set", "test_crops=1", "--set", "test_clips=1",
+    )
+    assert code == 0
+    code, stdout, _ = run(capsys, "export", str(out / "last.pt"), "--out", str(merged))
+    assert code == 0
+    assert "merged" in stdout
+    assert json.loads((merged / "config.json").read_text())["merge_max_abs_diff"] <= 1e-5
+
+    evals = {}
+    for name, ckpt in (("adapted", out / "last.pt"), ("merged", merged)):
+        code, stdout, _ = run(capsys, "eval", "--checkpoint", str(ckpt), "--json", "--device", "cpu")
+        assert code == 0
+        evals[name] = json.loads(stdout)
+    for key in ("top1", "top5", "mean_class_acc", "num_samples"):
+        assert evals["merged"][key] == evals["adapted"][key]
+
+    video = f"{motion.root}/videos/left_0000.mp4"
+    probs = {}
+    for name, ckpt in (("adapted", out / "last.pt"), ("merged", merged)):
+        code, stdout, _ = run(capsys, "predict", "--checkpoint", str(ckpt), video, "--json", "--device", "cpu")
+        assert code == 0
+        probs[name] = {c["label"]: c["prob"] for c in json.loads(stdout)["top"]}
+    assert probs["merged"] == pytest.approx(probs["adapted"], abs=1e-5)
