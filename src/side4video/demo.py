@@ -31,7 +31,7 @@ from .profiler import profile_model
 
 
 @dataclass(frozen=True)
-class DemoMethod:
+class DemoMethod:  # learning rates picked per method by a few short trials on this task
     model: str
     label: str
     lr: float
@@ -40,7 +40,7 @@ class DemoMethod:
 
 METHODS = (
     DemoMethod("side4video-tiny", "Side4Video", lr=2e-3),
-    DemoMethod("st-adapter-tiny", "ST-Adapter", lr=2e-3),
+    DemoMethod("st-adapter-tiny", "ST-Adapter", lr=1e-2),
     DemoMethod("zeroi2v-tiny", "ZeroI2V (merged)", lr=2e-3, merge=True),
     DemoMethod("frozen-meanp-tiny", "Frame-mean probe", lr=1e-2),
 )
