@@ -161,9 +161,6 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
 
 def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set: Dataset | None) -> dict:
     device, out = info.device, Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
     task = get_task(get_preset(cfg.model).task)
 
     # ---- data -------------------------------------------------------------------------------------
@@ -173,6 +170,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         val_set = task.build_dataset(cfg, train=False)
     train_loader = task.make_loader(train_set, cfg, info, train=True)
     val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
+    if info.is_main:  # only once the data could be read: a mistyped path leaves no empty run behind
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
