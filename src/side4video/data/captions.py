@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..backbones.tokenizer import ClipTokenizer
-from .dataset import BadSample, BadSamplePolicy, load_with_policy
+from .dataset import BadSample, BadSamplePolicy, load_with_policy, sample_rng
 from .sampling import segment_indices
 from .transforms import CLIP_MEAN, CLIP_STD, eval_views
 from .video import video_frame_source
@@ -312,7 +312,7 @@ class VideoOnlyDataset(Dataset):
         self.epoch = epoch
 
     def rng(self, index: int, attempt: int = 0) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+        return sample_rng(self.seed, self.epoch, index, attempt)
 
     def path(self, index: int) -> str:
         return resolve_video(os.path.join(self.video_root, self.videos[index]), self.extensions)

@@ -43,6 +43,12 @@ class BadSample:
     kind: ReadErrorKind = "undecodable"
 
 
+def sample_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:
+    """The random stream of one sample: a function of (seed, epoch, index, attempt) alone, so augmentation
+    does not depend on DataLoader workers and a resumed run draws exactly what an uninterrupted one did."""
+    return np.random.default_rng([seed, epoch, index, attempt])
+
+
 def load_with_policy(
     load: Callable[[int, np.random.Generator], dict[str, Any]],
     index: int,
@@ -153,7 +159,7 @@ class VideoClipDataset(Dataset):
         return os.path.join(self.data_root, self.records[index].path)
 
     def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+        return sample_rng(self.seed, self.epoch, index, attempt)
 
     def _source(self, record: VideoRecord, path: str) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
         """Frame count of a video and a function reading its frames by index."""
