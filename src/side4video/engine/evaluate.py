@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..plots import save_confusion_matrix  # noqa: F401 (its home is plots.py; imported here by callers)
 from .distributed import DistInfo, all_gather_objects
 
 
@@ -115,28 +116,6 @@ def confusion_matrix(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (labels, probs.argmax(axis=1)), 1)
     return cm
-
-
-def save_confusion_matrix(cm: np.ndarray, path: str | Path, label_names: list[str] | None = None) -> None:
-    """Row-normalised confusion matrix as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.25 * len(cm), 40)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if label_names is not None and len(cm) <= 60:
-        ticks = np.arange(len(cm))
-        ax.set_xticks(ticks, label_names, rotation=90, fontsize=6)
-        ax.set_yticks(ticks, label_names, fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def evaluate_checkpoint(
