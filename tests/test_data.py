@@ -581,7 +581,7 @@ def test_check_data_report(video_root, tmp_path):
                      (8, "undecodable"), (9, "malformed")]  # fmt: skip
     assert not report.ok
     assert report.num_ok == 2
-    assert report.num_entries == 7
+    assert report.num_entries == 9 == report.num_ok + len(report.problems)  # malformed lines are entries too
     text = format_report(report)
     assert f"{list_file}:3: malformed" in text
     assert f"{list_file}:6: too_short" in text
@@ -593,6 +593,24 @@ def test_check_data_report(video_root, tmp_path):
     assert [p.kind for p in check_data(good_list, str(root), num_frames=13).problems] == ["too_short"] * 4
 
 
+def test_check_data_flags_duplicates_and_a_missing_data_root_once(video_root, tmp_path):
+    root, good, bad = video_root
+    list_file = _write_list(tmp_path / "dup.txt", [(good[0], 0), (good[1], 1), (f"./{good[0]}", 0),
+                                                   (bad["missing"], 2), (good[1], 3)])
+    report = check_data(list_file, str(root), num_frames=4, decode=False)
+    assert [(p.line, p.kind, p.reason) for p in report.problems] == [
+        (3, "duplicate", "also listed on line 1"), (4, "missing", "missing file"),
+        (5, "duplicate", "also listed on line 2; label 1 there, 3 here")]  # fmt: skip
+    assert (report.num_entries, report.num_ok) == (5, 2)
+    assert "5 entries, 2 ok, 3 problem(s) (duplicate 2, missing 1)" in format_report(report)
+
+    with pytest.raises(FileNotFoundError, match=f"data root {tmp_path / 'nowhere'}: no such directory"):
+        check_data(list_file, tmp_path / "nowhere", num_frames=4)
+    # the root exists but holds none of the videos: one hint instead of only a missing line per video
+    text = format_report(check_data(list_file, tmp_path, num_frames=4, decode=False))
+    assert f"none of the 3 videos exists under {tmp_path}: is the data root right?" in text
+
+
 def test_check_data_frame_folders(tmp_path):
     write_frame_folder(tmp_path / "full", numbered_frames(6))
     write_frame_folder(tmp_path / "holes", numbered_frames(6))
@@ -600,8 +618,9 @@ def test_check_data_frame_folders(tmp_path):
     (tmp_path / "broken").mkdir()
     write_frame_folder(tmp_path / "broken", numbered_frames(6))
     (tmp_path / "broken" / "img_00002.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "none").mkdir()
     list_file = tmp_path / "frames.txt"
-    list_file.write_text("full 6 0\nholes 6 0\nbroken 6 0\nabsent 6 0\nfull 0 0\n")
+    list_file.write_text("full 6 0\nholes 6 0\nbroken 6 0\nabsent 6 0\nnone 0 0\n")
     report = check_data(str(list_file), str(tmp_path), num_frames=4)
     kinds = [(p.line, p.kind) for p in report.problems]
     assert kinds == [(2, "too_short"), (3, "undecodable"), (4, "missing"), (5, "empty")]

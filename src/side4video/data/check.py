@@ -1,5 +1,8 @@
-"""Check every entry of an annotation list before training: malformed lines and missing, empty,
-undecodable or too-short videos, each reported with its list file and line number."""
+"""Check every entry of an annotation list before training: malformed lines, duplicated entries and
+missing, empty, undecodable or too-short videos, each reported with its list file and line number.
+
+Every entry (line that is not blank or a comment) is either ok or has exactly one problem, so the
+summary's counts add up: entries = ok + problems."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from tqdm import tqdm
 from .lists import ListKind, VideoRecord, parse_annotation_list
 from .video import VideoReadError, count_frames, header_frame_count
 
-ProblemKind = Literal["malformed", "missing", "empty", "undecodable", "too_short"]
+ProblemKind = Literal["malformed", "duplicate", "missing", "empty", "undecodable", "too_short"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class DataReport:
     list_file: str
     data_root: str
     num_frames: int
-    num_entries: int = 0  # well-formed entries
+    num_entries: int = 0  # every entry of the list, malformed ones included
     num_ok: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -81,13 +84,26 @@ def check_data(
 
     ``decode`` decodes every frame (slow, thorough); without it, video files are only opened and their
     header's frame count used, and frame folders only checked for their files.
+
+    A video listed a second time (same path, after normalisation) is a ``duplicate`` problem on the later
+    line and is not read again. A ``data_root`` that is not a directory raises ``FileNotFoundError``
+    once, instead of one "missing" problem per video.
     """
     list_file, data_root = os.fspath(list_file), os.fspath(data_root) if data_root else ""
     records, errors = parse_annotation_list(list_file, list_kind)
-    report = DataReport(list_file, data_root, num_frames, num_entries=len(records))
+    if data_root and not os.path.isdir(data_root) and any(not os.path.isabs(r.path) for r in records):
+        raise FileNotFoundError(f"data root {data_root}: no such directory (the paths of {list_file} are "
+                                "relative to it)")
+    report = DataReport(list_file, data_root, num_frames, num_entries=len(records) + len(errors))
     report.problems.extend(Problem("malformed", e.line, list_file, e.reason) for e in errors)
+    seen: dict[str, VideoRecord] = {}  # normalised path -> its first entry
     for record in tqdm(records, desc=f"checking {os.path.basename(list_file)}", disable=not progress):
         path = os.path.join(data_root, record.path)
+        first = seen.setdefault(os.path.normpath(path), record)
+        if first is not record:
+            clash = f"; label {first.label} there, {record.label} here" if first.label != record.label else ""
+            report.problems.append(Problem("duplicate", record.line, path, f"also listed on line {first.line}{clash}"))
+            continue
         try:
             n = _frame_count(record, path, frames_template, decode)
             if n == 0:
@@ -103,11 +119,16 @@ def check_data(
 
 def format_report(report: DataReport, max_problems: int = 50) -> str:
     """Human-readable summary followed by one ``list:line: kind: reason`` row per problem."""
-    counts = ", ".join(f"{kind} {n}" for kind, n in sorted(report.counts().items())) or "none"
+    counts = report.counts()
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "none"
     lines = [
         f"{report.list_file}: {report.num_entries} entries, {report.num_ok} ok, "
-        f"{len(report.problems)} problem(s) ({counts}); {report.num_frames} frames needed",
+        f"{len(report.problems)} problem(s) ({kinds}); {report.num_frames} frames needed",
     ]
+    readable = report.num_entries - counts.get("malformed", 0) - counts.get("duplicate", 0)
+    if readable > 1 and counts.get("missing", 0) == readable:
+        root = f"under {report.data_root}" if report.data_root else "(no data root given)"
+        lines.append(f"  none of the {readable} videos exists {root}: is the data root right?")
     for p in report.problems[:max_problems]:
         where = p.reason if p.kind == "malformed" else f"{p.path}: {p.reason}"
         lines.append(f"  {report.list_file}:{p.line}: {p.kind}: {where}")
