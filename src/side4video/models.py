@@ -20,6 +20,7 @@ from .methods.retrieval import Clip4Clip, Clip4ClipConfig, RetrievalConfig, Side
 from .methods.side4video import Side4Video, Side4VideoConfig
 from .methods.st_adapter import STAdapterConfig, STAdapterModel
 from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig
+from .suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def list_models() -> list[str]:
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        hint = did_you_mean(name, PRESETS) or f"; available: {', '.join(list_models())}"
+        raise KeyError(f"unknown model {name!r}{hint}; `side4video models` describes every preset")
     return PRESETS[name]
 
 
@@ -151,7 +153,8 @@ def make_config(name: str, **overrides: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise KeyError(f"{name}: unknown config keys {unknown}; valid keys: {sorted(fields)}")
+        keys = ", ".join(f"{k!r}{did_you_mean(k, fields)}" for k in unknown)
+        raise KeyError(f"{name}: unknown config keys {keys}; valid keys: {sorted(fields)}")
     return dataclasses.replace(cfg, **overrides)
 
 
