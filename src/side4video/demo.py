@@ -17,6 +17,7 @@ a frozen image encoder, both from scratch text towers (no CLIP weights), scored 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .engine.train import train
 from .export import export_merged
 from .plots import save_demo_chart
 from .profiler import profile_model
+from .units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,28 @@ def _train_config(method: DemoMethod, data, out: Path, epochs: int, seed: int) -
 
 
 def _evaluate(method: DemoMethod, run_dir: Path, metrics: dict) -> dict:
+    """The validation metrics of the trained model, or of its merged export (with the merge's error)."""
     if not method.merge:
         return metrics["val"]
     merged_dir = export_merged(run_dir / "last.pt", run_dir / "merged")
     val, _, _ = evaluate_checkpoint(merged_dir, device="cpu")
-    return val
+    return {**val, "merge_max_abs_diff": json.loads((merged_dir / "config.json").read_text())["merge_max_abs_diff"]}
 
 
-def _retrieval(out: Path, epochs: int, seed: int) -> list[dict]:
+def _prune(run_dir: Path, keep_checkpoints: bool) -> None:
+    """Keep one checkpoint per run (``last.pt``; ``best.pt`` is the same model, evaluated only at the end),
+    or none."""
+    (run_dir / "best.pt").unlink(missing_ok=True)
+    if not keep_checkpoints:
+        (run_dir / "last.pt").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "merged", ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _retrieval(out: Path, epochs: int, seed: int, keep_checkpoints: bool) -> list[dict]:
     data = make_captioned_dataset(out / "captions", num_frames=FRAMES, size=IMAGE_SIZE, seed=seed,
                                   directions=("left", "right"))
     tokenizer = write_caption_tokenizer(out / "captions" / "tokenizer.json")
@@ -97,6 +113,7 @@ def _retrieval(out: Path, epochs: int, seed: int) -> list[dict]:
             output_dir=str(out / method.model), log_every=10_000, tensorboard=False,
         )
         val = train(cfg)["val"]
+        _prune(Path(cfg.output_dir), keep_checkpoints)
         prof = profile_model(method.model, frames=FRAMES, batch_size=BATCH, image_size=IMAGE_SIZE, device="cpu")
         rows.append({
             "method": method.label, "model": method.model, "epochs": epochs,
@@ -147,6 +164,8 @@ def _report(rows: list[dict], retrieval: list[dict], chance: float, seconds: flo
         "",
         "Training memory and step time come from `side4video profile` (batch "
         f"{BATCH}, CPU); the ViT-B/16 column from the same profiler on the meta device.",
+        *(f"{r['method']}: evaluated after merging, largest |merged - unmerged| output difference "
+          f"{r['merge_max_abs_diff']:.1e}." for r in rows if "merge_max_abs_diff" in r),
         *_retrieval_report(retrieval),
         "",
         f"Total demo time: {seconds:.0f} s.",
@@ -154,9 +173,12 @@ def _report(rows: list[dict], retrieval: list[dict], chance: float, seconds: flo
     return "\n".join(lines) + "\n"
 
 
-def run_demo(output_dir: str | Path = "demo_output", epochs: int | None = None, seed: int = 0) -> dict:
+def run_demo(
+    output_dir: str | Path = "demo_output", epochs: int | None = None, seed: int = 0, keep_checkpoints: bool = False
+) -> dict:
     """Make the data, train and evaluate every method, print the tables, write ``report.md``, ``results.json``
-    and ``chart.png``; returns the results. ``epochs`` overrides both parts' training length."""
+    and ``chart.png``; returns the results. ``epochs`` overrides both parts' training length. Each run's
+    checkpoints are deleted once it is evaluated, unless ``keep_checkpoints`` (then ``last.pt`` stays)."""
     start = time.perf_counter()
     out = Path(output_dir)
     epochs = epochs or EPOCHS
@@ -168,6 +190,7 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int | None = None, 
         print(f"\n== {method.label}: {method.model}")
         cfg = _train_config(method, data, out, epochs, seed)
         val = _evaluate(method, Path(cfg.output_dir), train(cfg))
+        _prune(Path(cfg.output_dir), keep_checkpoints)
         prof = profile_model(method.model, num_classes=len(MOTION_CLASSES), frames=FRAMES, batch_size=BATCH,
                              image_size=IMAGE_SIZE, device="cpu")
         b16 = profile_model(b16_model, num_classes=174, frames=8, batch_size=32, device="meta")
@@ -176,8 +199,9 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int | None = None, 
             "top5": val["top5"], "tunable_params": prof.tunable_params,
             "train_memory_mb": prof.train_memory_bytes / 1e6, "step_time_s": prof.step_time_s,
             "b16_model": b16_model, "b16_memory_gb": b16.train_memory_bytes / 1e9,
+            **({"merge_max_abs_diff": val["merge_max_abs_diff"]} if method.merge else {}),
         })
-    retrieval = _retrieval(out, RETRIEVAL_EPOCHS if epochs == EPOCHS else epochs, seed)
+    retrieval = _retrieval(out, RETRIEVAL_EPOCHS if epochs == EPOCHS else epochs, seed, keep_checkpoints)
     report = _report(rows, retrieval, 100 / len(MOTION_CLASSES), time.perf_counter() - start)
     (out / "report.md").write_text(report)
     results = {"chance_top1": 100 / len(MOTION_CLASSES), "frame_mean_ceiling_top1": FRAME_MEAN_CEILING,
@@ -186,4 +210,6 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int | None = None, 
     save_demo_chart(results, out / "chart.png")
     print("\n" + report)
     print(f"wrote {out / 'report.md'}, {out / 'chart.png'} and {out / 'results.json'}")
+    kept = "one last.pt per run kept" if keep_checkpoints else "checkpoints removed (--keep-checkpoints keeps them)"
+    print(f"demo output: {out.resolve()}, {format_bytes(_size(out))} ({kept})")
     return results
