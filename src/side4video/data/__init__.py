@@ -1,12 +1,10 @@
 """Video data: decoding, annotation lists, temporal sampling, clip augmentation, datasets, checks, and
 captioned videos for text-video retrieval."""
 
-from .captions import (
-    CaptionDataset,
+from .caption_dataset import VIDEO_EXTENSIONS, CaptionDataset, VideoOnlyDataset, collate_captions
+from .caption_files import (
     CaptionedSplit,
     CaptionFormatError,
-    VideoOnlyDataset,
-    collate_captions,
     read_caption_tsv,
     read_captions,
     read_msrvtt,
@@ -14,7 +12,7 @@ from .captions import (
     read_vatex,
 )
 from .check import DataReport, Problem, check_data, format_report
-from .dataset import BadSample, VideoClipDataset, collate_clips
+from .dataset import BadSample, PolicyDataset, VideoClipDataset, collate_clips, collate_samples
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
 from .randaugment import RandAugment
 from .sampling import dense_indices, sample_indices, segment_indices
@@ -42,6 +40,7 @@ __all__ = [
     "CLIP_STD",
     "MOTION_CLASSES",
     "SS_FLIP_PAIRS",
+    "VIDEO_EXTENSIONS",
     "AugmentConfig",
     "BadSample",
     "CaptionDataset",
@@ -50,6 +49,7 @@ __all__ = [
     "CaptionedSynthetic",
     "DataReport",
     "ListFormatError",
+    "PolicyDataset",
     "Problem",
     "RandAugment",
     "SyntheticDataset",
@@ -60,6 +60,7 @@ __all__ = [
     "check_data",
     "collate_captions",
     "collate_clips",
+    "collate_samples",
     "count_frames",
     "dense_indices",
     "eval_views",
