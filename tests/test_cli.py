@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
+from fixtures import make_corrupt_video
 from side4video.cli import main
-from side4video.data import make_corrupt_video, make_motion_dataset
+from side4video.data import make_motion_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from fixtures import frame_numbers, make_corrupt_video, numbered_frames
 from side4video.backbones.text import TextConfig
 from side4video.backbones.tokenizer import ClipTokenizer, openai_vocab
 from side4video.backbones.vit import VisionConfig, build_vit
@@ -21,7 +22,6 @@ from side4video.data import (
     VideoReadError,
     collate_captions,
     make_captioned_dataset,
-    make_corrupt_video,
     read_all_frames,
     read_caption_tsv,
     read_captions,
@@ -31,7 +31,6 @@ from side4video.data import (
     segment_indices,
     write_video,
 )
-from side4video.data.synthetic import frame_numbers, numbered_frames
 from side4video.data.synthetic_captions import COLOURS, DIRECTIONS, SHAPES
 from side4video.data.transforms import CLIP_MEAN, CLIP_STD
 from side4video.methods.retrieval import RetrievalConfig, Side4VideoRetrieval

@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fixtures import make_corrupt_video
 from side4video.backbones.text import TEXT_TOWERS, TextTransformer
 from side4video.backbones.tokenizer import load_tokenizer
 from side4video.backbones.vit import build_vit
 from side4video.cli import main
-from side4video.data import make_corrupt_video
-from side4video.data.captions import VideoOnlyDataset
+from side4video.data import VideoOnlyDataset
 from side4video.data.synthetic_captions import (
     COLOURS,
     SHAPES,

@@ -19,9 +19,7 @@ from .sampling import dense_indices, sample_indices, segment_indices
 from .synthetic import (
     MOTION_CLASSES,
     SyntheticDataset,
-    make_corrupt_video,
     make_motion_dataset,
-    write_frame_folder,
     write_video,
 )
 from .synthetic_captions import CaptionedSynthetic, make_captioned_dataset, write_caption_tokenizer
@@ -67,7 +65,6 @@ __all__ = [
     "format_report",
     "header_frame_count",
     "make_captioned_dataset",
-    "make_corrupt_video",
     "make_motion_dataset",
     "parse_annotation_list",
     "read_all_frames",
@@ -84,6 +81,5 @@ __all__ = [
     "segment_indices",
     "train_clip",
     "write_caption_tokenizer",
-    "write_frame_folder",
     "write_video",
 ]
