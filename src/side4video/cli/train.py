@@ -11,13 +11,33 @@ import typing
 
 from ..engine.config import config_fields, config_types
 
-# The config keys that get their own flag (``--train-list`` sets ``data.train_list``).
-FLAG_KEYS = (
-    "model.name", "model.task", "model.num_classes", "model.frames", "model.image_size", "model.pretrained",
-    "data.train_list", "data.val_list", "data.data_root", "data.num_workers", "data.tokenizer",
-    "optim.epochs", "optim.batch_size", "optim.lr",
-    "run.device", "run.seed", "run.output_dir", "run.resume",
-)
+# The config keys that get their own flag (``--train-list`` sets ``data.train_list``), with their help; the
+# default is added from TrainConfig unless the text says what an unset key means.
+FLAG_HELP = {
+    "model.name": "preset, e.g. side4video-b16 (side4video models lists them all)",
+    "model.task": "recognition or retrieval; must be the preset's task (default: the preset's)",
+    "model.num_classes": "classes of the recognition head (default: the names in label_names, else the "
+                         "largest label of the training list + 1)",
+    "model.frames": "frames per clip (default: the preset's, 8; 12 for retrieval)",
+    "model.image_size": "input size in pixels (default: the preset backbone's, 224; 112 for tiny)",
+    "model.pretrained": "backbone weights: OpenAI / open_clip / EVA-CLIP file or Hugging Face folder "
+                        "(default: none, a random backbone)",
+    "data.train_list": "training list: 'path label' or 'dir num_frames label' lines; retrieval: captions",
+    "data.val_list": "validation list or captions (default: none, no evaluation)",
+    "data.data_root": "folder the list's paths are relative to (default: the current directory)",
+    "data.num_workers": "data loading processes per training process (default: 4, at most the CPU cores)",
+    "data.tokenizer": "retrieval: CLIP tokenizer, tokenizer.json, a vocab.json + merges.txt folder or "
+                      "bpe_simple_vocab_16e6.txt.gz (default: none)",
+    "optim.epochs": "training epochs",
+    "optim.batch_size": "videos per process and step (default: 32, less when an epoch would have fewer "
+                        "than 4 steps)",
+    "optim.lr": "peak learning rate, after a linear warm-up, then cosine",
+    "run.device": "auto, cpu, cuda or cuda:N",
+    "run.seed": "seed of the initial weights, sampling and augmentation",
+    "run.output_dir": "folder for checkpoints, config.yaml, log.jsonl, curves.png and TensorBoard events",
+    "run.resume": "auto (OUTPUT_DIR/last.pt if present) or a checkpoint path (default: start afresh)",
+}
+FLAG_KEYS = tuple(FLAG_HELP)
 FLAG_NAMES = {"model.name": "model"}  # flags not named after their field
 
 
@@ -41,14 +61,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (also under torchrun)")
     p.add_argument("config", nargs="?", help="YAML file of TrainConfig keys (configs/*.yaml)")
     fields, types = config_fields(), config_types()
-    for path in FLAG_KEYS:
+    for path, text in FLAG_HELP.items():
         default = fields[path].default
-        shown = "" if default is dataclasses.MISSING else f" (default: {default})"
+        shown = "" if default in (None, "", dataclasses.MISSING) or "default:" in text else f" (default: {default})"
         p.add_argument(f"--{flag_dest(path).replace('_', '-')}", dest=flag_dest(path),
-                       help=f"config key {path}{shown}", **arg_type(types[path]))
+                       help=f"{text}{shown}; config key {path}", **arg_type(types[path]))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, flat or dotted: lr=3e-4, optim.lr=3e-4, model_overrides.dropout=0.3")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, defaults chosen from the data included, and exit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}, args.set)
     if args.print_config:
+        from ..engine.defaults import resolve_defaults
+
+        cfg, notes = resolve_defaults(cfg)
+        if notes:
+            print("# defaults: " + ", ".join(notes))
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     metrics = train(cfg)

@@ -31,9 +31,11 @@ __all__ = ["ConfigError", "TrainConfig", "from_dict", "load_yaml", "resolve_conf
 @dataclass
 class ModelConfig:
     name: str = "side4video-b16"  # preset (side4video.list_models())
-    num_classes: int = 400  # recognition only
-    frames: int = 8
-    image_size: int = 224
+    # None: chosen when training starts (side4video.engine.defaults): the classes counted from the data,
+    # the preset's frames and its backbone's image size
+    num_classes: int | None = None  # recognition only
+    frames: int | None = None
+    image_size: int | None = None
     pretrained: str | None = None  # backbone checkpoint (OpenAI / open_clip / EVA-CLIP / HF weights)
     overrides: dict[str, Any] = field(default_factory=dict)  # fields of the preset's config
     task: Literal["recognition", "retrieval"] | None = None  # None: the preset's task; else it must match it
@@ -51,7 +53,7 @@ class DataConfig:
     augment: dict[str, Any] = field(default_factory=dict)  # fields of side4video.data.AugmentConfig
     repeated_aug: int = 1  # augmented copies of each training video in a batch
     bad_sample_policy: Literal["skip", "resample", "fail"] = "skip"
-    num_workers: int = 4
+    num_workers: int | None = None  # None: 4, at most the CPU cores of each process
     # retrieval: train_list / val_list are the caption annotations, data_root the video folder
     caption_format: Literal["msrvtt", "msvd", "vatex", "tsv"] = "tsv"  # tsv: video<TAB>caption lines
     val_split: Literal["val", "test"] = "test"  # split of msrvtt / msvd / vatex evaluated (msrvtt: test)
@@ -61,8 +63,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     epochs: int = 30
-    warmup_epochs: float = 4.0
-    batch_size: int = 32  # videos per process and per step (before repeated augmentation)
+    warmup_epochs: float | None = None  # None: 4, at most a fifth of the epochs
+    batch_size: int | None = None  # videos per process and step (before repeated augmentation); None: 32, or
+    # less so that an epoch has at least 4 steps
     grad_accum: int = 1
     lr: float = 1e-3
     lr_clip: float = 1e-7  # retrieval: CLIP's trained parts (text tower, ln_post, proj); lr: new modules
@@ -162,9 +165,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
                 "run": ("log_every",)}
     for group, keys in positive.items():
         for key in keys:
-            if getattr(getattr(cfg, group), key) < 1:
-                raise ConfigError(f"{source}: {group}.{key} must be >= 1, got {getattr(getattr(cfg, group), key)}")
-    if cfg.optim.warmup_epochs < 0:
+            value = getattr(getattr(cfg, group), key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{source}: {group}.{key} must be >= 1, got {value}")
+    if cfg.optim.warmup_epochs is not None and cfg.optim.warmup_epochs < 0:
         raise ConfigError(f"{source}: optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
     return _check_nested(cfg, source)
 

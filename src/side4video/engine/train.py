@@ -12,7 +12,8 @@ may be non-deterministic).
 Files in ``output_dir`` (rank 0): ``config.yaml`` (resolved config), ``last.pt`` / ``best.pt``
 (see ``checkpoint.py`` for the layout), ``metrics.json`` (latest evaluation), ``log.jsonl`` (one JSON
 record per log step and per epoch), ``tb/`` (TensorBoard), ``bad_samples.txt`` (unreadable videos),
-and whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``).
+whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``) and, when
+training ends, ``curves.png`` (loss, learning rate and validation metrics drawn from ``log.jsonl``).
 
 Reading order: ``train`` -> ``build_run`` (data, model, optimiser, resume) -> per epoch ``train_one_epoch``
 then ``end_of_epoch`` (evaluate, log, checkpoint).
@@ -39,6 +40,8 @@ from tqdm import tqdm
 
 from ..methods.common import autocast_context
 from ..models import create_model, get_preset, make_config
+from ..plots import plot_run
+from ..units import format_count
 from .checkpoint import (
     atomic_save,
     load_checkpoint,
@@ -48,6 +51,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, save_yaml
+from .defaults import data_defaults, preset_defaults, report_defaults
 from .distributed import DistInfo, all_gather_objects, all_reduce, distributed_context
 from .optim import build_optimizer, build_scheduler
 from .tasks import Task
@@ -185,6 +189,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 end_of_epoch(run, epoch, train_loss, elapsed, bad, log)
         finally:
             log.close()
+        if info.is_main:
+            print(f"curves: {plot_run(run.out)}")
         return run.metrics
 
 
@@ -208,6 +214,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
     """Data, model, optimiser and schedule; then the state of ``last.pt`` when resuming."""
     device, out = info.device, Path(cfg.run.output_dir)
     task = get_preset(cfg.model.name).task
+    cfg, chosen = preset_defaults(cfg)
     model_cfg = make_config(cfg.model.name, num_frames=cfg.model.frames, **task.model_kwargs(cfg),
                             **cfg.model.overrides)
 
@@ -216,6 +223,9 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
         train_set = task.build_dataset(cfg, model_cfg, train=True)
     if val_set is None and cfg.data.val_list:
         val_set = task.build_dataset(cfg, model_cfg, train=False)
+    cfg, sized = data_defaults(cfg, len(train_set), info.world_size)
+    if info.is_main:
+        report_defaults(cfg, chosen + sized, len(train_set), info.world_size)
     train_loader = task.make_loader(train_set, cfg, info, train=True)
     val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
     if info.is_main:
@@ -243,7 +253,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
               scheduler, scaler, use_amp, amp_dtype)
     if info.is_main:
         n_train = sum(p.numel() for p in params)
-        print(f"{cfg.model.name}: {n_train / 1e6:.2f} M trainable parameters; {len(train_set)} training samples, "
+        print(f"{cfg.model.name}: {format_count(n_train)} trainable parameters; {len(train_set)} training samples, "
               f"{steps_per_epoch} steps/epoch x {o.epochs} epochs on {info.world_size} x {device}")
 
     # ---- resume -----------------------------------------------------------------------------------
