@@ -56,6 +56,7 @@ def export_merged(
     return write_export(
         merged, name, out_dir, merge_max_abs_diff=diff, merge_atol=atol, source_checkpoint=str(checkpoint_path),
         source_epoch=ckpt.get("epoch"), train_config=ckpt.get("train_config"),  # views, image size for eval
+        paths=ckpt.get("paths"),  # where the run's files were (engine.paths)
     )
 
 

@@ -105,6 +105,8 @@ class ClipTokenizer:
         """Read ``tokenizer.json``, a directory holding it or ``vocab.json`` + ``merges.txt``, or
         OpenAI's ``bpe_simple_vocab_16e6.txt.gz``."""
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"tokenizer {path}: no such file or directory")
         if path.is_dir():
             if (path / "tokenizer.json").is_file():
                 return cls(Tokenizer.from_file(str(path / "tokenizer.json")), pad_id)

@@ -16,6 +16,8 @@ Layout (every key is always present)::
       "best_metric":  best value so far of the task's validation metric (top-1 or t2v R@1), or None,
       "rng":          {"python", "numpy", "torch", "cuda"} generator states at the epoch boundary,
       "train_config": the resolved TrainConfig as a plain (grouped) dict,
+      "paths":        each path of train_config as given and made absolute (engine.paths; optional:
+                      loading looks the paths up again from another directory),
     }
 
 Export directory (``write_export``; ``export.py`` writes merged ZeroI2V models)::
@@ -42,6 +44,7 @@ from torch import nn
 from ..backbones.vit import BACKBONES
 from ..models import build_model
 from .config import TrainConfig, from_dict, to_dict
+from .paths import record_paths, resolve_paths
 
 CHECKPOINT_KEYS = (
     "model_name", "model_config", "model", "optimizer", "scheduler", "scaler",
@@ -140,6 +143,7 @@ def make_checkpoint(
         "best_metric": best_metric,
         "rng": rng_state(),
         "train_config": to_dict(cfg),
+        "paths": record_paths(cfg),
     }
 
 
@@ -247,9 +251,11 @@ def load_model(
             return model
         if not config.get("train_config"):
             raise ValueError(f"{path}: the export holds no training config ({CONFIG_FILE}: train_config)")
-        return model, from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
+        cfg = from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
+        return model, resolve_paths(cfg, config.get("paths"), Path(path) / CONFIG_FILE)
     ckpt = load_checkpoint(path, keys=MODEL_KEYS)
     model = model_from_checkpoint(ckpt, path, pretrained).to(device)
     if not with_config:
         return model
-    return model, from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")
+    cfg = from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")
+    return model, resolve_paths(cfg, ckpt.get("paths"), path)
