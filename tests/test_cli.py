@@ -53,32 +53,45 @@ def test_check_data_exit_codes(motion, tmp_path, capsys):
     assert "too_short 4" in out
 
 
-def test_train_eval_predict_round_trip(motion, tmp_path, capsys):
+def test_train_eval_predict_round_trip(motion, tmp_path, capsys, monkeypatch):
     torch.set_num_threads(1)
     out = tmp_path / "run"
+    # paths relative to where training runs; eval and predict below run from another directory
+    monkeypatch.chdir(motion.root)
     code, stdout, _ = run(
-        capsys, "train", "--model", "side4video-tiny", "--train-list", motion.train_list, "--val-list",
-        motion.val_list, "--data-root", motion.root, "--num-classes", "4", "--frames", "2", "--image-size", "32",
+        capsys, "train", "--model", "side4video-tiny", "--train-list", "train_list.txt", "--val-list",
+        "val_list.txt", "--data-root", ".", "--frames", "2", "--image-size", "32",
         "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir",
         str(out), "--num-workers", "0", "--set", "test_crops=3", "--set", "test_clips=2",
-        "--set", "augment.rand_augment=rand-m7-n4-mstd0.5-inc1", "--set", "label_names=" + motion.label_names,
+        "--set", "augment.rand_augment=rand-m7-n4-mstd0.5-inc1", "--set", "label_names=label_names.txt",
         "--set", "confusion_matrix=true",
     )
     assert code == 0
+    # no --num-classes: counted from the label names, and said so; so is the random backbone
+    assert "defaults: 4 classes (label_names.txt's names), warm-up 0.2 epochs (20% of 1 epochs)" in stdout
+    assert "warning: optim.batch_size 4 x grad_accum 1 covers all 8 training samples" not in stdout
+    assert "warning: no model.pretrained weights given: side4video-tiny's tiny backbone" in stdout
+    assert "side4video-tiny: 1.36 M trainable parameters" in stdout  # a 4-class head: 1.42 M with 400
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads(stdout.strip().splitlines()[-1]) == metrics["val"]
     assert metrics["val"]["num_samples"] == 4
     assert (out / "confusion.png").stat().st_size > 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["augment"]["rand_augment"] == "rand-m7-n4-mstd0.5-inc1"
+    assert saved["model"]["num_classes"] == 4
     assert (out / "tb").is_dir()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn when training ends
+    code, stdout, _ = run(capsys, "plot", str(out), "--out", str(tmp_path / "again.png"))
+    assert code == 0
+    assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    monkeypatch.chdir(tmp_path)
+    # the run's own lists and label names are found from here: eval and predict need no paths
     # eval with the training views reproduces the training run's numbers, whatever the chunk size
     results = []
     for chunk in ("1", "16"):
-        code, stdout, _ = run(capsys, "eval", "--checkpoint", str(out / "last.pt"), "--val-list", motion.val_list,
-                              "--data-root", motion.root, "--views", "3x2", "--chunk", chunk, "--json",
-                              "--device", "cpu")
+        code, stdout, _ = run(capsys, "eval", "--checkpoint", str(out / "last.pt"), "--views", "3x2", "--chunk",
+                              chunk, "--json", "--device", "cpu")
         assert code == 0
         results.append(json.loads(stdout))
     assert results[0] == results[1]

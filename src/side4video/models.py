@@ -146,6 +146,23 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
+def describe_presets() -> list[dict[str, Any]]:
+    """Every preset with its task, backbone, method (model class), trainable parameters (the preset's own
+    head: 400 classes for recognition) and description; the models are built on the meta device."""
+    import torch
+
+    rows = []
+    for name in list_models():
+        preset = PRESETS[name]
+        with torch.device("meta"):
+            model = build_model(name, preset.config)
+        rows.append({"name": name, "task": preset.task.name, "backbone": preset.config.backbone,
+                     "method": preset.build.__name__,
+                     "tunable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                     "description": preset.description})
+    return rows
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         hint = did_you_mean(name, PRESETS) or f"; available: {', '.join(list_models())}"

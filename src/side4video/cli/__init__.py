@@ -4,9 +4,11 @@
     side4video eval --checkpoint CKPT [--val-list F --data-root DIR] [--views 3x2] [--json]
     side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
     side4video check-data --list F --data-root DIR
+    side4video models [--json]
     side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
     side4video export CKPT --out DIR
-    side4video demo [--output-dir DIR]
+    side4video demo [--output-dir DIR] [--keep-checkpoints]
+    side4video plot RUN_DIR [--out PNG]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
     side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
 
@@ -22,22 +24,27 @@ from collections.abc import Callable, Sequence
 
 from . import data, evaluate, search, tools, train
 
+DESCRIPTION = ("Memory-efficient image-to-video transfer learning on frozen CLIP / EVA-CLIP ViTs: train, evaluate, "
+               "profile and compare Side4Video, ST-Adapter, ZeroI2V and baselines. "
+               "Run side4video COMMAND --help for a command's options.")
 Command = tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "train": (train.add_parser, train.run),
     "eval": (evaluate.add_eval_parser, evaluate.run_eval),
     "predict": (evaluate.add_predict_parser, evaluate.run_predict),
     "check-data": (data.add_parser, data.run),
+    "models": (tools.add_models_parser, tools.run_models),
     "profile": (tools.add_profile_parser, tools.run_profile),
     "export": (tools.add_export_parser, tools.run_export),
     "demo": (tools.add_demo_parser, tools.run_demo),
+    "plot": (tools.add_plot_parser, tools.run_plot),
     "search": (search.add_search_parser, search.run_search),
     "embed": (search.add_embed_parser, search.run_embed),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="side4video", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="side4video", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser, _ in COMMANDS.values():
         add_parser(sub)
@@ -52,5 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][1](args)
     except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError, ValueError, KeyError) as e:
-        print(f"side4video {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        print(f"side4video {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

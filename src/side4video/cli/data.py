@@ -8,12 +8,13 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="decode every video of a list and report problems")
-    p.add_argument("--list", required=True, dest="list_file")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--frames", type=int, default=8, help="frames a clip needs")
-    p.add_argument("--frames-template", default="img_{:05d}.jpg")
+    p.add_argument("--list", required=True, dest="list_file", help="annotation list to check")
+    p.add_argument("--data-root", required=True, help="folder the list's paths are relative to ('' for absolute paths)")
+    p.add_argument("--frames", type=int, default=8, help="frames a clip needs (default: %(default)s)")
+    p.add_argument("--frames-template", default="img_{:05d}.jpg",
+                   help="file names in frame folders (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,20 +12,23 @@ from .common import parse_views
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: multi-view accuracy or retrieval recalls")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt, last.pt) or export folder")
     p.add_argument("--val-list", help="annotation list, or retrieval captions (default: the run's)")
     p.add_argument("--data-root", help="directory of the videos (default: the run's)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the training config's)")
-    p.add_argument("--batch-size", type=int, help="videos per step")
-    p.add_argument("--chunk", type=int, help="clips per forward pass")
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, help="videos per step (default: the run's eval_batch_size or batch_size)")
+    p.add_argument("--chunk", type=int, help="clips per forward pass, to bound memory (default: the run's eval_chunk)")
+    p.add_argument("--num-workers", type=int, help="data loading processes (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix to this file")
-    p.add_argument("--labels", help="class names file (for the confusion matrix)")
-    p.add_argument("--caption-format", choices=["msrvtt", "msvd", "vatex", "tsv"], help="retrieval captions")
-    p.add_argument("--val-split", choices=["val", "test"], help="retrieval split of msrvtt / msvd / vatex")
+    p.add_argument("--labels", help="class names file, for the confusion matrix (default: the run's label_names)")
+    p.add_argument("--caption-format", choices=["msrvtt", "msvd", "vatex", "tsv"],
+                   help="retrieval: format of --val-list (default: the run's)")
+    p.add_argument("--val-split", choices=["val", "test"],
+                   help="retrieval: split of msrvtt / msvd / vatex captions (default: the run's)")
     p.add_argument("--tokenizer", help="retrieval tokenizer (default: the run's)")
-    p.add_argument("--dsl", action="store_true", default=None, help="retrieval: add dual-softmax numbers")
+    p.add_argument("--dsl", action="store_true", default=None,
+                   help="retrieval: also report dual-softmax (DSL) numbers (default: the run's dsl)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -59,12 +62,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify video files with a checkpoint")
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--labels", help="class names file")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to classify")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt, last.pt) or export folder")
+    p.add_argument("--labels", help="class names file (default: the run's label_names, else class ids)")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per video (default: %(default)s)")
     p.add_argument("--views", type=parse_views, help="CROPSxCLIPS (default: the training config's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object per video")
 
 

@@ -11,8 +11,8 @@ import sys
 def _add_retrieval_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="retrieval training checkpoint")
     p.add_argument("--tokenizer", help="CLIP tokenizer (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=8, help="videos or texts per forward pass")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="videos or texts per forward pass (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 
 def _video_index(args: argparse.Namespace, model, cfg, cache_file: str | None):
@@ -31,9 +31,9 @@ def _video_index(args: argparse.Namespace, model, cfg, cache_file: str | None):
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="rank the videos of a folder for sentences with a retrieval checkpoint")
-    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="sentences to search for")
     p.add_argument("--videos", required=True, help="folder searched recursively for video files")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="videos listed per query (default: %(default)s)")
     p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     _add_retrieval_model_flags(p)
