@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     metrics = train(cfg)
-    if "val" in metrics and os.environ.get("RANK", "0") == "0":
-        print(json.dumps(metrics["val"]))
+    if os.environ.get("RANK", "0") == "0":
+        from ..plots import plot_run
+
+        print(f"wrote {plot_run(cfg.run.output_dir)} (training curves)")
+        if "val" in metrics:
+            print(json.dumps(metrics["val"]))
     return 0

@@ -12,8 +12,8 @@ may be non-deterministic).
 Files in ``output_dir`` (rank 0): ``config.yaml`` (resolved config), ``last.pt`` / ``best.pt``
 (see ``checkpoint.py`` for the layout), ``metrics.json`` (latest evaluation), ``log.jsonl`` (one JSON
 record per log step and per epoch), ``tb/`` (TensorBoard), ``bad_samples.txt`` (unreadable videos),
-whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``) and, when
-training ends, ``curves.png`` (loss, learning rate and validation metrics drawn from ``log.jsonl``).
+and whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``).
+``side4video train`` adds ``curves.png`` when training ends (``plots.plot_run``).
 
 Reading order: ``train`` -> ``build_run`` (data, model, optimiser, resume) -> per epoch ``train_one_epoch``
 then ``end_of_epoch`` (evaluate, log, checkpoint).
@@ -40,7 +40,6 @@ from tqdm import tqdm
 
 from ..methods.common import autocast_context
 from ..models import create_model, get_preset, make_config
-from ..plots import plot_run
 from ..units import format_count
 from .checkpoint import (
     atomic_save,
@@ -189,8 +188,6 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 end_of_epoch(run, epoch, train_loss, elapsed, bad, log)
         finally:
             log.close()
-        if info.is_main:
-            print(f"curves: {plot_run(run.out)}")
         return run.metrics
 
 
