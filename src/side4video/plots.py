@@ -136,6 +136,7 @@ def _run_name(run_dir: Path) -> str:
         import yaml
 
         model = (yaml.safe_load(config.read_text()) or {}).get("model")
+        model = model.get("name") if isinstance(model, dict) else model  # grouped or flat config
         if model:
             return f"{run_dir.name} ({model})"
     return run_dir.name

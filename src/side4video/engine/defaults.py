@@ -53,7 +53,7 @@ def preset_defaults(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
     if cfg.model.frames is None:
         cfg = _replace(cfg, "model", frames=preset.config.num_frames)
         notes.append(f"{preset.config.num_frames} frames ({cfg.model.name})")
-    if preset.task.name != "recognition":
+    if "num_classes" not in preset.task.model_kwargs(cfg):  # the task's model has no class head
         return cfg, notes
     if cfg.data.label_names:
         count, source = len(read_label_names(cfg.data.label_names)), f"{cfg.data.label_names}'s names"
@@ -129,13 +129,18 @@ def report_defaults(cfg: TrainConfig, notes: list[str], num_train: int, world_si
 
 
 def resolve_defaults(cfg: TrainConfig, world_size: int = 1) -> tuple[TrainConfig, list[str]]:
-    """Every default of ``cfg`` chosen, as training would (reads the training data); for ``--print-config``."""
-    cfg, notes = preset_defaults(cfg)
-    if cfg.data.train_list is None:
-        return cfg, notes
-    task = get_preset(cfg.model.name).task
-    model_cfg = make_config(cfg.model.name, num_frames=cfg.model.frames, **task.model_kwargs(cfg),
-                            **cfg.model.overrides)
-    cfg, sized = data_defaults(cfg, len(task.build_dataset(cfg, model_cfg, train=True)), world_size)
-    return cfg, notes + sized
+    """Every default of ``cfg`` chosen, as training would, for ``--print-config``; when the training data
+    cannot be read here, the unset keys stay unset and the note says why."""
+    try:
+        resolved, notes = preset_defaults(cfg)
+        if resolved.data.train_list is None:
+            return resolved, notes
+        task = get_preset(cfg.model.name).task
+        model_cfg = make_config(cfg.model.name, num_frames=resolved.model.frames, **task.model_kwargs(resolved),
+                                **cfg.model.overrides)
+        train_set = task.build_dataset(resolved, model_cfg, train=True)
+    except FileNotFoundError as e:
+        return cfg, [f"none chosen yet, the data is not readable here ({e})"]
+    resolved, sized = data_defaults(resolved, len(train_set), world_size)
+    return resolved, notes + sized
 
