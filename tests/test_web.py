@@ -27,6 +27,8 @@ from side4video.search import encode_videos, find_videos, search, video_dataset
 
 uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
 from side4video.web import create_app  # noqa: E402 (needs the web extra)
+from side4video.web.jobs import Job  # noqa: E402
+from side4video.web.served import load_served  # noqa: E402
 
 FRAMES, IMAGE = 4, 32
 COLOURS = ("red", "green", "blue", "yellow")
@@ -172,6 +174,30 @@ def test_uploads_are_size_limited(server):
     status, body = request(server, "POST", "/api/upload?name=big.mp4", chunks, {"Transfer-Encoding": "chunked"},
                            chunked=True)
     assert status == 413
+
+
+class RecordedJob(Job):
+    def progress(self, message: str, done: int = 0, total: int = 0) -> None:
+        self.seen = [*getattr(self, "seen", []), (message, done, total)]
+
+
+def test_indexing_reports_progress_and_reuses_the_cache(library, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for clip in library["clips"][:3]:
+        shutil.copy(clip, folder)
+    shutil.copy(library["folder"] / "broken.mp4", folder)
+    searcher = load_served(library["retrieval"], videos=str(folder))
+    job = RecordedJob("index")
+    searcher.index(job)
+    encoding = [s for s in job.seen if s[0].startswith("indexing")]
+    assert encoding == [("indexing: 0 of 4 new or changed videos encoded", 0, 4),
+                        ("indexing: 4 of 4 new or changed videos encoded", 4, 4)]  # one batch of 8
+    assert job.seen[-1] == ("3 videos indexed, 1 unreadable", 4, 4)
+    again = RecordedJob("index")
+    load_served(library["retrieval"], videos=str(folder)).index(again)  # a new server: the cache on disk
+    assert [s for s in again.seen if s[0].startswith("indexing")] == [
+        ("indexing: 0 of 0 new or changed videos encoded", 0, 0)]
 
 
 def test_search_and_classify_match_the_library(server, library):

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ class Searcher:
         self.cache = video_search.EmbeddingCache(self.root / video_search.CACHE_NAME,
                                                 video_search.model_key(checkpoint, cfg))
 
-    def index(self, job: Job):
+    def index(self, job: Job) -> video_search.VideoIndex:
         """Embeddings of every video of the folder; the new or changed ones are encoded, with progress."""
         job.progress("looking for videos")
         paths = videos_in(self.root)
@@ -102,12 +103,11 @@ class Searcher:
         clips = video_search.video_dataset(self.cfg, [h["path"] for h in hits])
         results = []
         for i, hit in enumerate(hits):
-            item = clips[i]  # a file changed since it was indexed may have become unreadable
-            strip = None if isinstance(item, BadSample) else job.add_image(f"hit{i}", frame_strip(item["video"],
-                                                                                               self.cfg))
+            item = clips[i]  # a video changed since it was indexed may have become unreadable
+            strip = None if isinstance(item, BadSample) else frame_strip(item["video"], self.cfg)
             name = self.relative(hit["path"])
-            results.append({"rank": hit["rank"], "score": hit["score"], "name": name, "strip": strip,
-                            "video": f"/videos/{name}"})
+            results.append({"rank": hit["rank"], "score": hit["score"], "name": name,
+                            "strip": strip and job.add_image(f"hit{i}", strip), "video": f"/videos/{quote(name)}"})
         return {"query": query, "results": results, "videos": len(index.paths), "errors": self._errors(index.errors)}
 
     def relative(self, path: str) -> str:
