@@ -27,7 +27,7 @@ from side4video.search import encode_videos, find_videos, search, video_dataset
 
 uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
 from side4video.web import create_app  # noqa: E402 (needs the web extra)
-from side4video.web.jobs import Job  # noqa: E402
+from side4video.web.jobs import Job, JobQueue  # noqa: E402
 from side4video.web.served import load_served  # noqa: E402
 
 FRAMES, IMAGE = 4, 32
@@ -174,6 +174,35 @@ def test_uploads_are_size_limited(server):
     status, body = request(server, "POST", "/api/upload?name=big.mp4", chunks, {"Transfer-Encoding": "chunked"},
                            chunked=True)
     assert status == 413
+
+
+def test_jobs_run_in_the_background_one_at_a_time():
+    """A submitted job returns at once; the next waits for it; a failure becomes the job's error message."""
+    queue, release, cleaned = JobQueue(), threading.Event(), []
+
+    def slow(job: Job) -> str:
+        job.progress("working", 1, 2)
+        release.wait(10)
+        return "slow done"
+
+    def failing(job: Job) -> None:
+        raise ValueError("clip.mp4 is not a video this model can read")
+
+    first = queue.submit("slow", slow)
+    second = queue.submit("fail", failing, cleanup=lambda: cleaned.append("fail"))
+    deadline = time.monotonic() + 10
+    while first.state != "running" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert (first.state, first.message, first.done, first.total) == ("running", "working", 1, 2)
+    assert second.state == "queued"
+    release.set()
+    while second.state != "error" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    queue.shutdown()
+    assert (first.state, first.result) == ("done", "slow done")
+    assert (second.state, second.error) == ("error", "clip.mp4 is not a video this model can read")
+    assert cleaned == ["fail"]
+    assert queue.get(second.id) is second
 
 
 class RecordedJob(Job):
