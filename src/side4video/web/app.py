@@ -3,7 +3,6 @@
     GET  /                     the page (static/index.html, static/app.js, static/style.css)
     GET  /api/info             the loaded models, the video folder, the upload limit, the indexing job
     GET  /api/videos           the video files of the folder (paths relative to it)
-    POST /api/index            re-scan the folder (new or changed videos are encoded)   -> {"job"}
     POST /api/search           {"query", "topk"?}                                        -> {"job"}
     POST /api/classify         {"video": a path relative to the folder}                  -> {"job"}
     POST /api/upload?name=F    the raw bytes of a video file, classified                 -> {"job"}
@@ -25,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -70,14 +70,14 @@ def create_app(
     checkpoints: Sequence[str],
     videos: str | os.PathLike | None = None,
     *,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     tokenizer: str | None = None,
     labels: str | None = None,
     max_upload_mb: float = 200.0,
     topk: int = 5,
 ) -> Starlette:
     """The app serving ``checkpoints`` (at most one retrieval and one recognition model) over the folder
-    ``videos``; the models are loaded here, before the app is returned."""
+    ``videos``, showing ``topk`` results and classes; the models are loaded here, before it is returned."""
     root = Path(videos).resolve() if videos is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"video folder {videos} does not exist")
@@ -93,22 +93,18 @@ def create_app(
             classifier = served
     max_upload = int(max_upload_mb * 1024**2)
     jobs = JobQueue()
-    uploads = Path(tempfile.mkdtemp(prefix="side4video-uploads-"))
-    state = {"index_job": None}
-
-    def start_indexing() -> str:
-        state["index_job"] = jobs.submit("index", searcher.index_summary).id
-        return state["index_job"]
+    state: dict = {"index_job": None, "uploads": None}  # set while the app runs
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        state["uploads"] = tempfile.mkdtemp(prefix="side4video-uploads-")
         if searcher is not None:
-            start_indexing()  # the first search then finds the folder encoded
+            state["index_job"] = jobs.submit("index", searcher.index_summary).id  # searches then find it encoded
         try:
             yield
         finally:
             jobs.shutdown()
-            shutil.rmtree(uploads, ignore_errors=True)
+            shutil.rmtree(state["uploads"], ignore_errors=True)
 
     async def index_page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -116,16 +112,11 @@ def create_app(
     async def info(request: Request) -> Response:
         models = {m.info.task: vars(m.info) for m in (searcher, classifier) if m is not None}
         return JSONResponse({"models": models, "videos": str(root) if root else None,
-                             "max_upload_mb": max_upload_mb, "topk": topk, "index_job": state["index_job"]})
+                             "max_upload_mb": max_upload_mb, "index_job": state["index_job"]})
 
     def list_videos(request: Request) -> Response:  # sync: Starlette runs it in its thread pool
         paths = videos_in(root) if root is not None else []
         return JSONResponse({"videos": [Path(p).relative_to(root).as_posix() for p in paths]})
-
-    async def reindex(request: Request) -> Response:
-        if searcher is None:
-            return error(404, "no retrieval model is loaded")
-        return JSONResponse({"job": start_indexing()})
 
     async def search(request: Request) -> Response:
         if searcher is None:
@@ -160,7 +151,7 @@ def create_app(
         if declared.isdigit() and int(declared) > max_upload:
             return error(413, too_large)
         suffix = Path(name).suffix.lower()
-        fd, path = tempfile.mkstemp(suffix=suffix if suffix in VIDEO_EXTENSIONS else ".upload", dir=uploads)
+        fd, path = tempfile.mkstemp(suffix=suffix if suffix in VIDEO_EXTENSIONS else ".upload", dir=state["uploads"])
         size = 0
         with os.fdopen(fd, "wb") as f:
             async for chunk in request.stream():
@@ -200,7 +191,6 @@ def create_app(
         Route("/", index_page),
         Route("/api/info", info),
         Route("/api/videos", list_videos),
-        Route("/api/index", reindex, methods=["POST"]),
         Route("/api/search", search, methods=["POST"]),
         Route("/api/classify", classify, methods=["POST"]),
         Route("/api/upload", upload, methods=["POST"]),
