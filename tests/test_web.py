@@ -16,11 +16,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from side4video import load_model
 from side4video.backbones.tokenizer import load_tokenizer
 from side4video.data.synthetic import motion_clip, write_video
 from side4video.data.synthetic_captions import make_captioned_dataset, paraphrases, write_caption_tokenizer
-from side4video.engine.checkpoint import atomic_save, load_model_for_inference, make_checkpoint
-from side4video.engine.config import TrainConfig
+from side4video.engine.checkpoint import atomic_save, make_checkpoint
+from side4video.engine.config import TrainConfig, make_config
 from side4video.engine.predict import predict_videos
 from side4video.models import create_model
 from side4video.search import encode_videos, find_videos, search, video_dataset
@@ -39,16 +40,15 @@ MAX_UPLOAD_MB = 0.25
 def save_checkpoint(model: torch.nn.Module, cfg: TrainConfig, path: Path, steps: int) -> str:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    atomic_save(make_checkpoint(model, cfg.model, optimizer, scheduler, None, 1, steps, None, cfg), path)
+    atomic_save(make_checkpoint(model, cfg.model.name, optimizer, scheduler, None, 1, steps, None, cfg), path)
     return str(path)
 
 
 def fit_retrieval(videos: list[str], tokenizer: str, out: Path) -> str:
     """CLIP4Clip (frozen tiny ViT) whose text tower learns the four clips' captions: 20 fixed-seed steps."""
     torch.manual_seed(0)
-    cfg = TrainConfig(model="clip4clip-frozen-tiny", task="retrieval", frames=FRAMES, image_size=IMAGE,
-                      tokenizer=tokenizer)
-    model = create_model(cfg.model, num_frames=FRAMES, image_size=IMAGE)
+    cfg = make_config(model="clip4clip-frozen-tiny", frames=FRAMES, image_size=IMAGE, tokenizer=tokenizer)
+    model = create_model(cfg.model.name, num_frames=FRAMES, image_size=IMAGE)
     model.text.token_embedding.weight.requires_grad_(False)  # random word vectors suffice; keeps steps cheap
     clips = video_dataset(cfg, videos)
     with torch.no_grad():
@@ -83,9 +83,9 @@ def library(tmp_path_factory):
 
     names = root / "labels.txt"
     names.write_text("\n".join(LABELS) + "\n")
-    cfg = TrainConfig(model="side4video-tiny", num_classes=len(LABELS), frames=FRAMES, image_size=IMAGE,
+    cfg = make_config(model="side4video-tiny", num_classes=len(LABELS), frames=FRAMES, image_size=IMAGE,
                       label_names=str(names), test_crops=1, test_clips=2)
-    recognition = save_checkpoint(create_model(cfg.model, num_classes=4, num_frames=FRAMES, image_size=IMAGE),
+    recognition = save_checkpoint(create_model(cfg.model.name, num_classes=4, num_frames=FRAMES, image_size=IMAGE),
                                   cfg, root / "recognition.pt", steps=0)
 
     (folder / "broken.mp4").write_bytes(b"\x00" * 100)
@@ -231,17 +231,17 @@ def test_indexing_reports_progress_and_reuses_the_cache(library, tmp_path):
 
 def test_search_and_classify_match_the_library(server, library):
     """The page's numbers are the command line's: ``search`` ranking and ``predict`` probabilities."""
-    model, cfg = load_model_for_inference(library["retrieval"])
+    model, cfg = load_model(library["retrieval"], with_config=True)
     index = encode_videos(model, cfg, library["clips"])
     query = paraphrases("blue", "square", "left")[0]
-    expected = search(model, load_tokenizer(cfg.tokenizer), index, query, topk=3)
+    expected = search(model, load_tokenizer(cfg.data.tokenizer), index, query, topk=3)
     status, reply = post_json(server, "/api/search", {"query": query, "topk": 3})
     result = wait_for(server, reply["job"])["result"]
     assert [r["name"] for r in result["results"]] == [Path(h["path"]).name for h in expected]
     assert [r["score"] for r in result["results"]] == pytest.approx([h["score"] for h in expected], abs=1e-5)
     assert list(result["errors"]) == ["broken.mp4"]
 
-    model, cfg = load_model_for_inference(library["recognition"])
+    model, cfg = load_model(library["recognition"], with_config=True)
     video = library["clips"][0]
     (expected,) = predict_videos(model, cfg, [video], topk=5, label_names=list(LABELS))
     status, reply = post_json(server, "/api/classify", {"video": Path(video).name})
@@ -309,7 +309,7 @@ def test_the_page_searches_classifies_and_reports_a_bad_upload(server, browser, 
     assert "broken.mp4" in browser.find_element(By.ID, "unreadable").get_attribute("textContent")
 
     browser.find_element(By.ID, "tab-classify").click()
-    model, cfg = load_model_for_inference(library["recognition"])
+    model, cfg = load_model(library["recognition"], with_config=True)
     same = shutil.copy(library["upload"], library["upload"].with_name("same.mp4"))  # the list format forbids spaces
     (expected,) = predict_videos(model, cfg, [same], topk=5, label_names=list(LABELS))
     browser.find_element(By.ID, "upload").send_keys(str(library["upload"]))

@@ -32,7 +32,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..data.captions import VIDEO_EXTENSIONS
+from ..data import VIDEO_EXTENSIONS
 from .jobs import JobQueue
 from .served import Classifier, Searcher, load_served, videos_in
 

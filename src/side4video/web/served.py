@@ -24,8 +24,9 @@ from torch import nn
 from .. import search as video_search
 from ..backbones.tokenizer import ClipTokenizer
 from ..data import AugmentConfig, BadSample, read_label_names
-from ..engine.checkpoint import load_model_for_inference
+from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
+from ..methods.retrieval import TextVideoModel
 from ..models import get_preset
 from .jobs import Job
 
@@ -51,15 +52,15 @@ class ModelInfo:
 
     @classmethod
     def of(cls, checkpoint: str | os.PathLike, model: nn.Module, cfg: TrainConfig) -> ModelInfo:
-        task = get_preset(cfg.model).task
         kind = "exported model folder" if Path(checkpoint).is_dir() else "training checkpoint"
-        classes = getattr(model.cfg, "num_classes", cfg.num_classes) if task == "recognition" else None
-        return cls(task, cfg.model, model.cfg.backbone, cfg.frames, cfg.image_size, classes, kind, str(checkpoint))
+        classes = None if isinstance(model, TextVideoModel) else model.cfg.num_classes
+        return cls(get_preset(cfg.model.name).task.name, cfg.model.name, model.cfg.backbone, cfg.model.frames,
+                   cfg.model.image_size, classes, kind, str(checkpoint))
 
 
 def frame_strip(clip: torch.Tensor, cfg: TrainConfig) -> bytes:
     """JPEG of a normalised clip ``(3, T, H, W)``'s frames side by side, in the colours the video had."""
-    augment = AugmentConfig(**cfg.augment)
+    augment = AugmentConfig(**cfg.data.augment)
     mean = torch.tensor(augment.mean).view(3, 1, 1, 1)
     std = torch.tensor(augment.std).view(3, 1, 1, 1)
     pixels = (clip.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)  # (3, T, H, W)
@@ -137,7 +138,7 @@ class Classifier:
             clip = clip_dataset(self.cfg, [path], tmp)[0]["video"][0]  # (3, T, H, W): the first view
         top = [{"label": c["label"], "name": c.get("name", str(c["label"])), "prob": c["prob"]}
                for c in result["top"]]
-        return {"name": name, "top": top, "views": self.cfg.test_crops * self.cfg.test_clips,
+        return {"name": name, "top": top, "views": self.cfg.eval.test_crops * self.cfg.eval.test_clips,
                 "strip": job.add_image("clip", frame_strip(clip, self.cfg))}
 
 
@@ -146,11 +147,11 @@ def load_served(
     tokenizer: str | None = None, labels: str | None = None,
 ) -> Searcher | Classifier:
     """The checkpoint's model, as a ``Searcher`` over ``videos`` (retrieval) or a ``Classifier``."""
-    model, cfg = load_model_for_inference(checkpoint, device)
-    if get_preset(cfg.model).task == "retrieval":
+    model, cfg = load_model(checkpoint, device, with_config=True)
+    if isinstance(model, TextVideoModel):
         if videos is None:
-            raise ValueError(f"{checkpoint} is a retrieval model ({cfg.model}): searching needs --videos DIR")
+            raise ValueError(f"{checkpoint} is a retrieval model ({cfg.model.name}): searching needs --videos DIR")
         return Searcher(checkpoint, model, cfg, video_search.run_tokenizer(checkpoint, cfg, tokenizer),
                         videos)
-    names = labels or cfg.label_names
+    names = labels or cfg.data.label_names
     return Classifier(checkpoint, model, cfg, read_label_names(names) if names else None)
