@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from side4video import load_model
 from side4video.backbones.tokenizer import load_tokenizer
+from side4video.cli import main
 from side4video.data.synthetic import motion_clip, write_video
 from side4video.data.synthetic_captions import make_captioned_dataset, paraphrases, write_caption_tokenizer
 from side4video.engine.checkpoint import atomic_save, make_checkpoint
@@ -203,6 +204,17 @@ def test_jobs_run_in_the_background_one_at_a_time():
     assert (second.state, second.error) == ("error", "clip.mp4 is not a video this model can read")
     assert cleaned == ["fail"]
     assert queue.get(second.id) is second
+
+
+def test_serve_command_binds_this_machine_only_by_default(library, monkeypatch, capsys):
+    import side4video.web
+
+    served = {}
+    monkeypatch.setattr(side4video.web, "serve", lambda app, host, port: served.update(app=app, host=host, port=port))
+    assert main(["serve", "--checkpoint", library["recognition"], "--device", "cpu"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8000)
+    assert main(["serve", "--checkpoint", library["retrieval"], "--device", "cpu"]) == 1
+    assert "is a retrieval model (clip4clip-frozen-tiny): searching needs --videos DIR" in capsys.readouterr().err
 
 
 class RecordedJob(Job):
