@@ -217,6 +217,15 @@ def test_serve_command_binds_this_machine_only_by_default(library, monkeypatch, 
     assert "is a retrieval model (clip4clip-frozen-tiny): searching needs --videos DIR" in capsys.readouterr().err
 
 
+def test_a_video_named_with_spaces_is_classified(library):
+    classifier = load_served(library["recognition"])
+    result = classifier.classify(Job("classify"), library["upload"], "my clip.mp4")
+    model, cfg = load_model(library["recognition"], with_config=True)
+    same = shutil.copy(library["upload"], library["upload"].with_name("same.mp4"))
+    (expected,) = predict_videos(model, cfg, [same], topk=5, label_names=list(LABELS))
+    assert [c["prob"] for c in result["top"]] == pytest.approx([c["prob"] for c in expected["top"]], abs=1e-6)
+
+
 class RecordedJob(Job):
     def progress(self, message: str, done: int = 0, total: int = 0) -> None:
         self.seen = [*getattr(self, "seen", []), (message, done, total)]
@@ -322,7 +331,7 @@ def test_the_page_searches_classifies_and_reports_a_bad_upload(server, browser, 
 
     browser.find_element(By.ID, "tab-classify").click()
     model, cfg = load_model(library["recognition"], with_config=True)
-    same = shutil.copy(library["upload"], library["upload"].with_name("same.mp4"))  # the list format forbids spaces
+    same = shutil.copy(library["upload"], library["upload"].with_name("same.mp4"))  # predict's lists forbid spaces
     (expected,) = predict_videos(model, cfg, [same], topk=5, label_names=list(LABELS))
     browser.find_element(By.ID, "upload").send_keys(str(library["upload"]))
     browser.find_element(By.ID, "upload-button").click()

@@ -131,11 +131,13 @@ class Classifier:
         from ..engine.predict import clip_dataset, predict_videos
 
         job.progress(f"reading and classifying {name}")
-        (result,) = predict_videos(self.model, self.cfg, [path], topk=topk, label_names=self.labels)
-        if "error" in result:
-            raise ValueError(f"{name} is not a video this model can read: {result['error']}")
         with tempfile.TemporaryDirectory() as tmp:
-            clip = clip_dataset(self.cfg, [path], tmp)[0]["video"][0]  # (3, T, H, W): the first view
+            link = Path(tmp) / f"video{Path(path).suffix}"  # any file name (the list format forbids spaces)
+            link.symlink_to(Path(path).resolve())
+            (result,) = predict_videos(self.model, self.cfg, [link], topk=topk, label_names=self.labels)
+            if "error" in result:
+                raise ValueError(f"{name} is not a video this model can read: {result['error']}")
+            clip = clip_dataset(self.cfg, [link], tmp)[0]["video"][0]  # (3, T, H, W): the first view
         top = [{"label": c["label"], "name": c.get("name", str(c["label"])), "prob": c["prob"]}
                for c in result["top"]]
         return {"name": name, "top": top, "views": self.cfg.eval.test_crops * self.cfg.eval.test_clips,
