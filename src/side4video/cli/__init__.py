@@ -11,6 +11,7 @@
     side4video plot RUN_DIR [--out PNG]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
     side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
+    side4video serve --checkpoint CKPT [--checkpoint CKPT] [--videos DIR] [--port 8000]
 
 Each command is a pair of functions in a module of this package: one registers its flags, one runs it
 with the parsed arguments and returns the exit code; ``COMMANDS`` lists the pairs.
@@ -22,7 +23,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import data, evaluate, search, tools, train
+from . import data, evaluate, search, serve, tools, train
 
 DESCRIPTION = ("Memory-efficient image-to-video transfer learning on frozen CLIP / EVA-CLIP ViTs: train, evaluate, "
                "profile and compare Side4Video, ST-Adapter, ZeroI2V and baselines. "
@@ -40,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "plot": (tools.add_plot_parser, tools.run_plot),
     "search": (search.add_search_parser, search.run_search),
     "embed": (search.add_embed_parser, search.run_embed),
+    "serve": (serve.add_parser, serve.run),
 }
 
 
