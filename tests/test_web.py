@@ -26,6 +26,7 @@ from side4video.engine.config import TrainConfig, make_config
 from side4video.engine.predict import predict_videos
 from side4video.models import create_model
 from side4video.search import encode_videos, find_videos, search, video_dataset
+from side4video.units import MB
 
 uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
 from side4video.web import create_app  # noqa: E402 (needs the web extra)
@@ -167,7 +168,7 @@ def test_nothing_outside_the_video_folder_is_served(server, library):
 
 
 def test_uploads_are_size_limited(server):
-    big = b"\x00" * int(MAX_UPLOAD_MB * 1024**2 + 1)
+    big = b"\x00" * int(MAX_UPLOAD_MB * MB + 1)
     status, body = request(server, "POST", "/api/upload?name=big.mp4", big)
     assert status == 413
     assert json.loads(body)["error"] == f"big.mp4 is larger than the upload limit of {MAX_UPLOAD_MB:g} MB"

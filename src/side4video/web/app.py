@@ -33,6 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..data import VIDEO_EXTENSIONS
+from ..units import MB
 from .jobs import JobQueue
 from .served import Classifier, Searcher, load_served, videos_in
 
@@ -91,7 +92,7 @@ def create_app(
             searcher = served
         else:
             classifier = served
-    max_upload = int(max_upload_mb * 1024**2)
+    max_upload = int(max_upload_mb * MB)
     jobs = JobQueue()
     state: dict = {"index_job": None, "uploads": None}  # set while the app runs
 
