@@ -113,6 +113,7 @@ class VideoClipDataset(Dataset):
         min_frames: int = 1,
         max_resample: int = 10,
         list_kind: ListKind = "auto",
+        num_classes: int | None = None,
     ):
         if bad_sample_policy not in ("skip", "resample", "fail"):
             raise ValueError(f"bad_sample_policy must be skip, resample or fail, got {bad_sample_policy!r}")
@@ -123,7 +124,7 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"{names} must all be positive")
         self.list_file = os.fspath(list_file)
         self.data_root = os.fspath(data_root) if data_root else ""
-        self.records: list[VideoRecord] = read_annotation_list(self.list_file, list_kind)
+        self.records: list[VideoRecord] = read_annotation_list(self.list_file, list_kind, num_classes)
         self.num_frames = num_frames
         self.train = train
         self.image_size = image_size
