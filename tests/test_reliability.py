@@ -427,6 +427,22 @@ def test_search_cache_of_a_read_only_folder_goes_to_the_user_cache(tmp_path, mon
 # ---- 9. many views ---------------------------------------------------------------------------------------------
 
 
+def test_view_chunks_are_the_views_of_the_whole_video(clip_file):
+    from side4video.data import VideoClipDataset
+
+    lst = clip_file.parent / "two.txt"
+    lst.write_text(f"{clip_file} 0\n{clip_file} 1\n")
+    common = dict(num_frames=2, train=False, image_size=32, num_clips=3, num_crops=3)
+    whole = VideoClipDataset(lst, "", **common)
+    chunked = VideoClipDataset(lst, "", **common, view_chunk=4)
+    assert len(chunked) == 2 * 3  # ceil(9 / 4) items per video
+    for video in range(2):
+        items = [chunked[i] for i in range(3 * video, 3 * video + 3)]
+        assert [it["index"] for it in items] == [video] * 3
+        assert [it["view_start"] for it in items] == [0, 4, 8]
+        assert torch.equal(torch.cat([it["video"] for it in items]), whole[video]["video"])
+
+
 def test_many_views_are_decoded_chunk_by_chunk(tiny_run, clip_file, capsys):
     from side4video.data import VideoClipDataset
 

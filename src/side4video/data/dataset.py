@@ -87,9 +87,13 @@ class VideoClipDataset(Dataset):
     """Clips of the videos (files or frame folders) of an mmaction2-style annotation list.
 
     ``__getitem__(i)`` returns ``{"video": float32 (R, 3, T, H, W), "label": int, "view_labels": int64 (R,),
-    "index": int, "path": str}`` (plus ``"bad": list[BadSample]`` under the resample policy), or a
-    ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"`` are the
-    per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
+    "index": int, "view_start": int, "path": str}`` (plus ``"bad": list[BadSample]`` under the resample
+    policy), or a ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"``
+    are the per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
+
+    At test time ``view_chunk`` splits each video's ``num_clips x num_crops`` views into items of at most
+    ``view_chunk`` views (``"index"`` the video's entry, ``"view_start"`` its first view): only the frames
+    of those views are decoded, so memory is bounded by ``view_chunk`` however many views are asked for.
     """
 
     def __init__(
@@ -114,13 +118,14 @@ class VideoClipDataset(Dataset):
         max_resample: int = 10,
         list_kind: ListKind = "auto",
         num_classes: int | None = None,
+        view_chunk: int | None = None,
     ):
         if bad_sample_policy not in ("skip", "resample", "fail"):
             raise ValueError(f"bad_sample_policy must be skip, resample or fail, got {bad_sample_policy!r}")
         if sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
-        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample) < 1:
-            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample"
+        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample, view_chunk or 1) < 1:
+            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample, view_chunk"
             raise ValueError(f"{names} must all be positive")
         self.list_file = os.fspath(list_file)
         self.data_root = os.fspath(data_root) if data_root else ""
@@ -140,6 +145,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.min_frames = min_frames
         self.max_resample = max_resample
+        self.view_chunk = None if train or view_chunk is None else min(view_chunk, self.num_views)
         self.epoch = 0
 
     @property
@@ -153,8 +159,12 @@ class VideoClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def chunks_per_video(self) -> int:
+        return 1 if self.view_chunk is None else -(-self.num_views // self.view_chunk)
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.chunks_per_video
 
     def path(self, index: int) -> str:
         return os.path.join(self.data_root, self.records[index].path)
@@ -186,11 +196,19 @@ class VideoClipDataset(Dataset):
         k_of = self.num_clips
         return [sample_indices(*args, clip_index=k, num_clips=k_of, **kw) for k in range(k_of)]
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample of entry ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
+    def load(self, item: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Item ``item`` (an entry, or one view chunk of it), drawing its randomness from ``rng``; raises
+        ``VideoReadError``."""
+        index, chunk = divmod(item, self.chunks_per_video)
         record, path = self.records[index], self.path(index)
         n, read = self._source(record, path)
         clips = self.clip_indices(n, rng)
+        first_view, first_clip = 0, 0
+        if self.view_chunk is not None:  # views [first_view, stop) come from clips [first_clip, last_clip]
+            first_view = chunk * self.view_chunk
+            stop = min(first_view + self.view_chunk, self.num_views)
+            first_clip, last_clip = first_view // self.num_crops, (stop - 1) // self.num_crops
+            clips = clips[first_clip : last_clip + 1]
         frames = read(np.concatenate(clips))  # one decoding pass for all clips
         frames = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         if self.train:
@@ -200,12 +218,16 @@ class VideoClipDataset(Dataset):
             crop = dict(num_crops=self.num_crops, short_side=self.test_short_side, mean=self.augment.mean,
                         std=self.augment.std)
             views = [v for f in frames for v in eval_views(f, self.image_size, **crop)]
+            if self.view_chunk is not None:
+                offset = first_view - first_clip * self.num_crops
+                views = views[offset : offset + self.view_chunk]
             view_labels = [record.label] * len(views)
         return {
             "video": torch.stack(views),  # (R, 3, T, H, W)
             "label": record.label,
             "view_labels": torch.tensor(view_labels, dtype=torch.long),  # (R,)
             "index": index,
+            "view_start": first_view,
             "path": path,
         }
 
@@ -217,19 +239,20 @@ def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
     """Stack the good samples and report the bad ones.
 
     Returns ``{"video": (B, R, 3, T, H, W) or None when no sample is good, "label": (B,), "view_labels":
-    (B, R), "index": (B,), "path": list[str], "bad": list[BadSample]}``.
+    (B, R), "index": (B,), "view_start": (B,), "path": list[str], "bad": list[BadSample]}``.
     """
     good = [b for b in batch if not isinstance(b, BadSample)]
     bad = [b for b in batch if isinstance(b, BadSample)] + [x for b in good for x in b.get("bad", [])]
     if not good:
         empty = torch.empty(0, dtype=torch.long)
-        return {"video": None, "label": empty, "view_labels": empty.view(0, 0), "index": empty, "path": [],
-                "bad": bad}
+        return {"video": None, "label": empty, "view_labels": empty.view(0, 0), "index": empty,
+                "view_start": empty, "path": [], "bad": bad}
     return {
         "video": torch.stack([b["video"] for b in good]),
         "label": torch.tensor([b["label"] for b in good], dtype=torch.long),
         "view_labels": torch.stack([b["view_labels"] for b in good]),
         "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
+        "view_start": torch.tensor([b.get("view_start", 0) for b in good], dtype=torch.long),
         "path": [b["path"] for b in good],
         "bad": bad,
     }
