@@ -13,6 +13,12 @@ replaced leaves the previous epoch committed, and the resumed run repeats the ep
 
 A folder that already holds a run is never trained into from scratch by accident: :func:`prepare` refuses
 unless the run is resumed or ``overwrite`` is set (which first deletes the old run's files).
+
+A resumed run may change the settings in :data:`RESUMABLE`: the optimisation schedule (recomputed from the
+checkpoint's step with the new values), evaluation, logging, the runtime and where files are (a moved
+dataset is taken to hold the same data). Any other difference from the checkpoint's run (the model, the
+clips it sees, the batch and step structure, the seed, the precision) is refused, listing the keys:
+:func:`refused_changes`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,26 @@ from .config import ConfigError
 LAST, BEST, METRICS, LOG = "last.pt", "best.pt", "metrics.json", "log.jsonl"
 # everything a run writes into its folder (removed by ``overwrite``)
 RUN_FILES = (LAST, BEST, METRICS, LOG, "config.yaml", "bad_samples.txt", "confusion.png", "tb")
+
+
+RESUMABLE = frozenset({
+    # schedule and optimiser: recomputed at the checkpoint's step
+    "epochs", "warmup_epochs", "lr", "lr_clip", "min_lr_ratio", "weight_decay", "betas", "eps", "clip_grad",
+    "label_smoothing", "mixup_alpha",
+    # evaluation and logging
+    "eval_every", "test_crops", "test_clips", "test_short_side", "eval_batch_size", "eval_chunk",
+    "confusion_matrix", "sim_chunk", "dsl", "val_split", "log_every", "tensorboard",
+    # runtime, and where files are
+    "device", "num_workers", "bad_sample_policy", "output_dir", "resume", "overwrite",
+    "train_list", "val_list", "data_root", "label_names", "pretrained", "tokenizer",
+})
+
+
+def refused_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key (old -> new)"`` for every setting outside :data:`RESUMABLE` that differs between the
+    checkpoint's run (``saved``) and the resumed one (``new``), both flat ``to_dict`` configs."""
+    keys = sorted((saved.keys() | new.keys()) - RESUMABLE)
+    return [f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in keys if saved.get(k) != new.get(k)]
 
 
 def holds_run(out: str | Path) -> bool:
@@ -96,4 +122,4 @@ def reconcile(out: str | Path, ckpt: dict[str, Any], metrics: dict[str, Any]) ->
     return best
 
 
-__all__ = ["RUN_FILES", "commit_epoch", "holds_run", "prepare", "reconcile"]
+__all__ = ["RESUMABLE", "RUN_FILES", "commit_epoch", "holds_run", "prepare", "reconcile", "refused_changes"]
