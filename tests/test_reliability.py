@@ -380,7 +380,7 @@ def test_resume_applies_a_new_schedule_and_refuses_a_changed_model(tmp_path):
     quiet_train(tiny_cfg(out, epochs=1), Clips(8), Clips(4))
     quiet_train(tiny_cfg(out, epochs=2, lr=2e-2, resume="auto"), Clips(8), Clips(4))
     lrs = [r["lr"] for r in map(json.loads, (out / "log.jsonl").open()) if r["type"] == "train"]
-    assert lrs[2:] == pytest.approx([2e-2 * (1 + np.cos(np.pi * s / 4)) / 2 for s in (2, 3)])
+    assert lrs[2:] == pytest.approx([2e-2 * (1 + np.cos(np.pi * s / 4)) / 2 for s in (3, 4)])
     assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 2e-2
     with pytest.raises(ValueError, match="frames") as info:
         quiet_train(tiny_cfg(out, epochs=3, frames=4, resume="auto"), Clips(8), Clips(4))

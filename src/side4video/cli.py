@@ -28,7 +28,7 @@ TRAIN_FLAGS = {
     "num_classes": "num_classes", "frames": "frames", "image_size": "image_size", "epochs": "epochs",
     "batch_size": "batch_size", "lr": "lr", "device": "device", "seed": "seed", "output_dir": "output_dir",
     "resume": "resume", "pretrained": "pretrained", "num_workers": "num_workers", "task": "task",
-    "tokenizer": "tokenizer",
+    "tokenizer": "tokenizer", "overwrite": "overwrite",
 }
 
 
@@ -64,6 +64,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir")
     p.add_argument("--resume", help="'auto' (output-dir/last.pt if present) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in output-dir (else training into it is refused)")
     p.add_argument("--pretrained", help="backbone weights file")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--tokenizer", help="retrieval: tokenizer.json, vocab.json + merges.txt folder or .txt.gz")
@@ -110,8 +112,19 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _label_names(path: str | None, num_classes: int) -> list[str] | None:
+    """The class names of ``path`` (None: no file), which must name every class."""
     from .data import read_label_names
+
+    if path is None:
+        return None
+    names = read_label_names(path)
+    if len(names) < num_classes:
+        raise ValueError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+    return names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.config import ConfigError
     from .engine.evaluate import confusion_matrix, evaluate_checkpoint, save_confusion_matrix
     from .engine.tasks import get_task
@@ -138,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(task.describe(metrics))
         return 0
     if args.confusion:
-        names = read_label_names(args.labels) if args.labels else None
+        names = _label_names(args.labels, cfg.num_classes)
         save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), args.confusion, names)
     views = f"{cfg.test_crops}x{cfg.test_clips}"
     if args.json:
@@ -165,13 +178,17 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_label_names
     from .engine.checkpoint import load_model_for_inference
     from .engine.distributed import resolve_device
     from .engine.predict import predict_videos
+    from .models import get_preset
 
     model, cfg = load_model_for_inference(args.checkpoint, resolve_device(args.device))
-    names = read_label_names(args.labels or cfg.label_names) if (args.labels or cfg.label_names) else None
+    task = get_preset(cfg.model).task
+    if task != "recognition":
+        raise ValueError(f"{args.checkpoint}: {cfg.model} is a {task} model; predict classifies videos "
+                         "(use search or embed)")
+    names = _label_names(args.labels or cfg.label_names, cfg.num_classes)
     results = predict_videos(model, cfg, args.videos, topk=args.topk, views=args.views, label_names=names)
     failed = 0
     for r in results:
@@ -195,6 +212,7 @@ def add_check_data_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", required=True, dest="list_file")
     p.add_argument("--data-root", required=True)
     p.add_argument("--frames", type=int, default=8, help="frames a clip needs")
+    p.add_argument("--num-classes", type=int, help="labels must lie in [0, N)")
     p.add_argument("--frames-template", default="img_{:05d}.jpg")
     p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
     p.add_argument("--json", action="store_true")
@@ -204,9 +222,12 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .data import check_data, format_report
+    from .engine.config import ConfigError
 
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes must be >= 1, got {args.num_classes}")
     report = check_data(args.list_file, args.data_root, args.frames, args.frames_template,
-                        decode=not args.quick, progress=not args.json)
+                        decode=not args.quick, num_classes=args.num_classes, progress=not args.json)
     print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}) if args.json else format_report(report))
     return 0 if report.ok else 1
 
@@ -311,17 +332,18 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", metavar="QUERY")
     p.add_argument("--videos", required=True, help="folder searched recursively for video files")
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt)")
+    p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt, or the user "
+                   "cache directory when VIDEOS is not writable)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     _add_retrieval_model_flags(p)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .engine.distributed import resolve_device
-    from .search import CACHE_NAME, load_retrieval_model, search
+    from .search import default_cache_path, load_retrieval_model, search
 
     model, cfg, tokenizer = load_retrieval_model(args.checkpoint, resolve_device(args.device), args.tokenizer)
-    index = _video_index(args, model, cfg, args.cache or os.path.join(args.videos, CACHE_NAME))
+    index = _video_index(args, model, cfg, args.cache or default_cache_path(args.videos))
     for query in args.queries:
         hits = search(model, tokenizer, index, query, args.topk)
         if args.json:
@@ -381,19 +403,38 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="side4video", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser, _ in COMMANDS.values():
         add_parser(sub)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand. Every error is one line on stderr and a non-zero exit: 2 for a bad setting,
+    1 for bad input or a diverged model, 3 for anything unexpected (``--debug`` shows its traceback)."""
     args = build_parser().parse_args(argv)
+    from .data.video import VideoReadError
     from .engine.config import ConfigError
-    from .engine.train import NonFiniteLossError
+    from .engine.evaluate import NonFiniteError
 
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError, ValueError, KeyError) as e:
-        print(f"side4video {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, NonFiniteError, OSError, NotImplementedError, ValueError, KeyError, VideoReadError) as e:
+        if args.debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            message = f"{e.filename}: {e.strerror}"
+        print(f"side4video {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"side4video {args.command}: unexpected error: {type(e).__name__}: {_one_line(e)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 3

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbones.vit import BACKBONES
-from .models import build_model, make_config
+from .engine.checkpoint import load_checkpoint
+from .models import build_model, get_preset, make_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -91,15 +92,12 @@ def export_merged(
     merged and unmerged outputs differ by more than ``atol`` on ``num_clips`` random clips.
     """
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise KeyError(f"{checkpoint_path}: checkpoint lacks {missing} (has {sorted(ckpt)})")
+    ckpt = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS)
     name = ckpt["model_name"]
+    if not hasattr(get_preset(name).build, "reparameterize"):
+        raise ValueError(f"{checkpoint_path}: {name} has no adapters to merge (export is for ZeroI2V checkpoints)")
     cfg = make_config(name, **ckpt["model_config"])
     model = _load_trained(name, cfg, ckpt, _image_size(ckpt, cfg.backbone), pretrained, checkpoint_path).float()
-    if not hasattr(model, "reparameterize"):
-        raise TypeError(f"{checkpoint_path}: {name} ({type(model).__name__}) has no reparameterize() to merge")
     merged = model.reparameterize().eval()
 
     image_size = model.backbone.cfg.image_size

@@ -205,9 +205,10 @@ def profile_model(
     Recognition models see a clip and its label; retrieval models a clip and a caption of
     ``text_length`` tokens, and their FLOPs are those of encoding one clip.
     """
+    from .engine.distributed import resolve_device
     from .models import create_model, get_preset
 
-    dev = torch.device(device)
+    dev = torch.device("meta") if str(device) == "meta" else resolve_device(str(device))
     retrieval = get_preset(name).task == "retrieval"
     if not retrieval:
         overrides["num_classes"] = num_classes

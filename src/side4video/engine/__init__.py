@@ -1,6 +1,7 @@
 """Training and evaluation engine: config, optimiser, checkpoints, DDP, the training loop, evaluation."""
 
-from .checkpoint import atomic_save, load_checkpoint, load_model_for_inference
+from ..atomic import atomic_save
+from .checkpoint import load_checkpoint, load_model_for_inference
 from .config import ConfigError, TrainConfig, resolve_config
 from .evaluate import classification_metrics, predict_views
 from .optim import WarmupCosine, build_optimizer, build_scheduler, param_groups

@@ -12,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from ..models import get_preset
+from ..backbones.vit import BACKBONES
+from ..models import get_preset, make_config
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     resume: str | None = None  # "auto": output_dir/last.pt if present; or a checkpoint path
+    overwrite: bool = False  # replace the run already in output_dir (else training into it is refused)
     save_frozen: bool = True  # False: checkpoints hold trainable params and buffers only
     log_every: int = 20  # optimiser steps between log lines
     tensorboard: bool = True
@@ -235,8 +237,17 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    """The mapping of a YAML file (``safe_load``: plain data only, no Python tags)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -258,6 +269,25 @@ def resolve_config(
     return validate(cfg, str(path) if path is not None else "config")
 
 
+# (key, check, rule as stated in the error) for the numeric settings with a meaningful range; None passes
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("lr_clip", lambda v: v >= 0, ">= 0"),
+    ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("betas", lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    ("eps", lambda v: v > 0, "> 0"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("mixup_alpha", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("clip_grad", lambda v: v > 0, "> 0 (or null: off)"),
+    ("seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
+    ("num_workers", lambda v: v >= 0, ">= 0"),
+    ("test_short_side", lambda v: v >= 1, ">= 1"),
+    ("eval_batch_size", lambda v: v >= 1, ">= 1"),
+)
+
+
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Cross-field checks and typing of the nested dicts (needs the model preset to exist)."""
     try:
@@ -274,8 +304,14 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.warmup_epochs < 0:
-        raise ConfigError(f"{source}: warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    for key, ok, rule in _RANGES:
+        value = getattr(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{source}: {key} must be {rule}, got {value}")
+    patch = BACKBONES[make_config(cfg.model).backbone].patch_size
+    if cfg.image_size % patch:
+        raise ConfigError(f"{source}: image_size must be a multiple of {cfg.model}'s patch size {patch}, "
+                          f"got {cfg.image_size}")
     nested = {name: _check_nested(cfg, name, source) for name in NESTED_KEYS if getattr(cfg, name)}
     return dataclasses.replace(cfg, **nested)
 

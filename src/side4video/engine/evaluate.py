@@ -1,10 +1,11 @@
 """Multi-view evaluation for recognition: softmax averaged over views, metrics, confusion matrix.
 
-A test batch holds every view of each video, ``(B, V, 3, T, H, W)`` with ``V = crops x clips``. The
-``B * V`` clips go through the model in chunks of ``chunk`` clips, so memory is bounded whatever V is.
-Under ``torchrun`` every rank evaluates its shard; the per-sample probabilities are gathered with the
-dataset index of each sample and de-duplicated, so the padding a ``DistributedSampler`` adds when the
-dataset size is not a multiple of the world size is never counted twice.
+A test batch holds views of each video, ``(B, V, 3, T, H, W)``: all ``crops x clips`` of them, or (a
+dataset with ``view_chunk``) a chunk of them, so that no more than a chunk is ever decoded. The clips go
+through the model in chunks of ``chunk`` clips, so memory is bounded whatever the number of views.
+Probabilities are summed per (video, first view) and averaged per video once every rank's results are
+gathered; pairs seen twice (the padding a ``DistributedSampler`` adds when the dataset size is not a
+multiple of the world size) are counted once. A non-finite model output is an error, never a prediction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .distributed import DistInfo, all_gather_objects
+
+
+class NonFiniteError(RuntimeError):
+    """A model's weights or outputs (or the loss) are NaN or infinite: the model has diverged."""
+
+
+class NoReadableVideoError(ValueError):
+    """Evaluation found no readable video; ``bad`` holds the ``BadSample`` reports."""
+
+    def __init__(self, bad: list) -> None:
+        shown = ", ".join(b.path for b in bad[:3]) + (f", ... ({len(bad)} in all)" if len(bad) > 3 else "")
+        super().__init__(f"no readable video to evaluate; unreadable: {shown or 'none listed'}")
+        self.bad = bad
 
 
 @dataclass
@@ -42,11 +56,14 @@ def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype = t
 
 @torch.no_grad()
 def predict_views(model: nn.Module, video: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Softmax probabilities averaged over the views: ``(B, V, 3, T, H, W) -> (B, C)``."""
+    """Softmax probabilities averaged over the views: ``(B, V, 3, T, H, W) -> (B, C)``; raises
+    ``NonFiniteError`` if the model's outputs are not finite."""
     b, v = video.shape[:2]
     clips = video.flatten(0, 1)  # (B*V, 3, T, H, W)
-    probs = torch.cat([model(c).float().softmax(dim=-1) for c in clips.split(chunk)])  # (B*V, C)
-    return probs.view(b, v, -1).mean(dim=1)  # (B, C)
+    logits = torch.cat([model(c).float() for c in clips.split(chunk)])  # (B*V, C)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("non-finite model outputs (NaN or inf): its weights have diverged")
+    return logits.softmax(dim=-1).view(b, v, -1).mean(dim=1)  # (B, C)
 
 
 @torch.no_grad()
@@ -61,7 +78,7 @@ def gather_predictions(
 ) -> Predictions:
     """Run ``model`` on every batch of ``loader`` (this rank's shard) and gather all ranks' results."""
     model.eval()
-    index, probs, labels, bad = [], [], [], []
+    index, start, sums, counts, labels, bad = [], [], [], [], [], []
     batches = loader
     if progress and info.is_main:
         from tqdm import tqdm
@@ -75,20 +92,27 @@ def gather_predictions(
         with autocast_context(info.device, amp, amp_dtype):
             p = predict_views(model, video, chunk)  # (B, C)
         index.append(batch["index"].numpy())
-        probs.append(p.cpu().numpy())
+        start.append(batch.get("view_start", torch.zeros_like(batch["index"])).numpy())
+        sums.append(p.cpu().double().numpy() * video.shape[1])
+        counts.append(np.full(len(p), video.shape[1]))
         labels.append(batch["label"].numpy())
-    local = (
-        np.concatenate(index) if index else np.zeros(0, np.int64),
-        np.concatenate(probs) if probs else None,
-        np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        bad,
-    )
-    shards = all_gather_objects(local, info)
-    all_index = np.concatenate([s[0] for s in shards])
-    all_probs = np.concatenate([s[1] for s in shards if s[1] is not None])
-    all_labels = np.concatenate([s[2] for s in shards])
-    _, first = np.unique(all_index, return_index=True)  # sorted unique indices, first occurrence of each
-    return Predictions(all_index[first], all_probs[first], all_labels[first], [b for s in shards for b in s[3]])
+    local = [np.concatenate(x) if x else None for x in (index, start, sums, counts, labels)]
+    shards = all_gather_objects((local, bad), info)
+    parts = [s[0] for s in shards if s[0][0] is not None]
+    all_bad = list({(b.path, b.reason): b for s in shards for b in s[1]}.values())  # a video's chunks: once
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Predictions(empty, np.zeros((0, 0)), empty, all_bad)
+    idx, first, psum, count, lab = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    _, once = np.unique(np.stack([idx, first], axis=1), axis=0, return_index=True)  # padding counted once
+    idx, psum, count, lab = idx[once], psum[once], count[once], lab[once]
+    videos, slot = np.unique(idx, return_inverse=True)  # sorted video indices
+    total = np.zeros((len(videos), psum.shape[1]))
+    np.add.at(total, slot, psum)
+    views = np.bincount(slot, weights=count, minlength=len(videos))
+    labels_of = np.zeros(len(videos), np.int64)
+    labels_of[slot] = lab
+    return Predictions(videos, (total / views[:, None]).astype(np.float32), labels_of, all_bad)
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, topk: tuple[int, ...] = (1, 5)) -> dict:

@@ -29,7 +29,7 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
         list_file, "", num_frames=cfg.frames, train=False, image_size=cfg.image_size, sampling=cfg.sampling,
         frame_interval=cfg.frame_interval, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
         test_short_side=cfg.test_short_side, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
-        list_kind="video",
+        list_kind="video", view_chunk=cfg.eval_chunk,
     )
 
 
@@ -43,7 +43,8 @@ def predict_videos(
     label_names: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One result per video, in order: ``{"path", "top": [{"label", "prob"[, "name"]}, ...]}`` with the
-    ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``."""
+    ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``.
+    The views are decoded ``cfg.eval_chunk`` at a time. Raises ``NonFiniteError`` on non-finite outputs."""
     if views is not None:
         cfg = dataclasses.replace(cfg, test_crops=views[0], test_clips=views[1])
     device = next(model.parameters()).device
@@ -51,13 +52,19 @@ def predict_videos(
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = clip_dataset(cfg, videos, tmp)
+        n = dataset.chunks_per_video
         for i, video in enumerate(videos):
-            item = dataset[i]
+            probs = 0.0
+            for item in (dataset[i * n + c] for c in range(n)):
+                if isinstance(item, BadSample):
+                    break
+                views = item["video"].shape[0]
+                with autocast_context(device, cfg.amp, getattr(torch, cfg.amp_dtype)):
+                    probs = probs + views * predict_views(model, item["video"][None].to(device), cfg.eval_chunk)[0]
             if isinstance(item, BadSample):
                 results.append({"path": str(video), "error": item.reason})
                 continue
-            with autocast_context(device, cfg.amp, getattr(torch, cfg.amp_dtype)):
-                probs = predict_views(model, item["video"][None].to(device), cfg.eval_chunk)[0]  # (C,)
+            probs = probs / dataset.num_views  # (C,)
             top = probs.topk(min(topk, probs.numel()))
             results.append({"path": str(video), "top": [
                 {"label": int(k), "prob": float(p), **({"name": label_names[k]} if label_names else {})}

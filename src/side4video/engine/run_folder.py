@@ -63,11 +63,12 @@ def holds_run(out: str | Path) -> bool:
     return any((Path(out) / name).exists() for name in (LAST, BEST, METRICS, LOG))
 
 
-def prepare(out: str | Path, resuming: bool, overwrite: bool) -> None:
-    """Create ``out`` for a run; refuse one that holds a run unless resuming or ``overwrite``."""
+def prepare(out: str | Path, resuming: bool, replace: bool) -> None:
+    """Create ``out`` for a run. A run already there is continued (``resuming``), deleted (``replace``:
+    ``--overwrite``, or ``--resume auto`` finding files but no committed ``last.pt``) or refused."""
     out = Path(out)
     if holds_run(out) and not resuming:
-        if not overwrite:
+        if not replace:
             raise ConfigError(f"{out} already holds a training run ({LAST}, {METRICS}, ...); pass --resume auto "
                               "to continue it or --overwrite to replace it")
         for name in RUN_FILES:

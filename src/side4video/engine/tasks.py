@@ -22,7 +22,7 @@ from ..metrics import retrieval_metrics
 from ..models import create_model, make_config
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_objects
-from .evaluate import Predictions, autocast_context, classification_metrics, gather_predictions
+from .evaluate import NoReadableVideoError, Predictions, autocast_context, classification_metrics, gather_predictions
 
 
 def sharded_loader(
@@ -81,11 +81,12 @@ class RecognitionTask:
             num_frames=cfg.frames, train=train, image_size=cfg.image_size, sampling=cfg.sampling,
             frame_interval=cfg.frame_interval, bad_sample_policy=cfg.bad_sample_policy,
             frames_template=cfg.frames_template, seed=cfg.seed, augment=AugmentConfig(**cfg.augment),
+            num_classes=cfg.num_classes,
         )  # the augment config also holds the normalisation used at test time
         if train:
             return VideoClipDataset(list_file, cfg.data_root, repeated_aug=cfg.repeated_aug, **common)
         return VideoClipDataset(list_file, cfg.data_root, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
-                                test_short_side=cfg.test_short_side, **common)
+                                test_short_side=cfg.test_short_side, view_chunk=cfg.eval_chunk, **common)
 
     def make_loader(self, dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
         from ..data import collate_clips
@@ -119,6 +120,8 @@ class RecognitionTask:
             model, loader, info, cfg.eval_chunk, amp=cfg.amp, amp_dtype=getattr(torch, cfg.amp_dtype),
             progress=progress,
         )
+        if len(preds.labels) == 0:
+            raise NoReadableVideoError(preds.bad)
         return classification_metrics(preds.probs, preds.labels), preds
 
     def describe(self, metrics: dict[str, Any]) -> str:

@@ -32,22 +32,22 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..models import get_preset
+from . import run_folder
 from .checkpoint import (
-    atomic_save,
     load_checkpoint,
     load_model_state,
     make_checkpoint,
     resolve_resume,
     set_rng_state,
 )
-from .config import TrainConfig, save_yaml
-from .distributed import DistInfo, all_gather_objects, all_reduce, cleanup, init_distributed
-from .evaluate import autocast_context, confusion_matrix, save_confusion_matrix
+from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
+from .distributed import DistInfo, all_gather_objects, all_reduce, broadcast_object, cleanup, init_distributed
+from .evaluate import NonFiniteError, autocast_context, confusion_matrix, save_confusion_matrix
 from .optim import build_scheduler
 from .tasks import get_task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
@@ -128,13 +128,38 @@ def all_ranks_have_clips(batch: dict[str, Any], info: DistInfo) -> bool:
     return all_reduce(count, info, dist.ReduceOp.MIN).item() > 0
 
 
+def _kept(out: Path) -> str:
+    last = out / run_folder.LAST
+    return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
+
+
 def check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, batch_idx: int, out: Path) -> None:
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=info.device)
     if all_reduce(bad, info).item() > 0:
         raise NonFiniteLossError(
             f"non-finite loss ({loss.item()}) at epoch {epoch}, optimiser step {step}, batch {batch_idx}; "
-            f"stopping. The last good checkpoint is kept: {out / 'last.pt'}"
+            f"stopping; {_kept(out)}"
         )
+
+
+def weights_finite(params: list[torch.Tensor]) -> bool:
+    """Whether every value is finite and the L2 norm of each tensor too (weights so large that their squares
+    overflow have diverged as surely as NaN ones): one fused ``_foreach_norm`` and one sync."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all())
+
+
+def resume_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any], step: int) -> None:
+    """Load the optimiser's moments from ``state`` but keep this run's hyper-parameters (lr, weight decay,
+    betas...), and put the freshly built schedule at ``step``: a resumed run follows the schedule of its
+    own (possibly changed) settings."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, hyper, strict=True):
+        group.update(own)
+    scheduler.last_epoch = step
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
@@ -170,8 +195,15 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         val_set = task.build_dataset(cfg, train=False)
     train_loader = task.make_loader(train_set, cfg, info, train=True)
     val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
+    resume_from = resolve_resume(cfg.resume, out)
+    ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
+    if ckpt is not None:
+        refused = run_folder.refused_changes(to_dict(from_dict(ckpt["train_config"], f"{resume_from}")), to_dict(cfg))
+        if refused:
+            raise ConfigError(f"{resume_from}: cannot resume with changed settings: {', '.join(refused)}; "
+                              "train into a new --output-dir (or --overwrite) to change them")
     if info.is_main:  # only once the data could be read: a mistyped path leaves no empty run behind
-        out.mkdir(parents=True, exist_ok=True)
+        run_folder.prepare(out, resuming=ckpt is not None, replace=cfg.overwrite or cfg.resume == "auto")
         save_yaml(cfg, out / "config.yaml")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
@@ -197,20 +229,19 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
 
     # ---- resume -----------------------------------------------------------------------------------
     start_epoch, step, best, metrics = 1, 0, None, {}  # best: the task's metric (checkpoint key best_top1)
-    resume_from = resolve_resume(cfg.resume, out)
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
+    if ckpt is not None:
         load_model_state(model, ckpt["model"], str(resume_from))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        resume_schedule(optimizer, scheduler, ckpt["optimizer"], ckpt["step"])  # this run's schedule
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_top1"]
-        if (out / "metrics.json").is_file():
-            metrics = json.loads((out / "metrics.json").read_text())
+        metrics = ckpt.get("metrics", {})
         if info.is_main:
+            best = run_folder.reconcile(out, ckpt, metrics)  # whatever a kill left after last.pt
             print(f"resumed from {resume_from} at epoch {ckpt['epoch']}, step {step}")
+        best = broadcast_object(best, info)
+        del ckpt
     log = RunLog(out, info, cfg.tensorboard)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -249,6 +280,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
                 scaler.step(optimizer)
                 scaler.update()
+                if not weights_finite(params):  # identical on every rank: no reduction needed
+                    raise NonFiniteError(f"the weights diverged (non-finite values or norm) at epoch {epoch}, "
+                                         f"optimiser step {step + 1}; stopping; {_kept(out)}")
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step, pending = step + 1, 0
@@ -269,32 +303,39 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
 
         # ---- evaluation ----------------------------------------------------------------------------
         evaluated = val_loader is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+        is_best, val, eval_error = False, None, None
+        metrics = {**metrics, "epoch": epoch, "train_loss": train_loss}  # keeps the last evaluation's numbers
         if evaluated:
-            val, preds = task.evaluate(model, val_loader, cfg, info)
-            log.bad_samples(preds.bad)
-            is_best = best is None or val[task.metric] > best
-            best = val[task.metric] if is_best else best
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": best}
-            if cfg.confusion_matrix and info.is_main:
-                save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), out / "confusion.png",
-                                      _label_names(cfg.label_names))
-        else:
-            is_best = False
-            metrics = {**metrics, "epoch": epoch, "train_loss": train_loss}
+            try:
+                val, preds = task.evaluate(model, val_loader, cfg, info)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"epoch {epoch}: {e}; stopping; {_kept(out)}") from None
+            except (ValueError, OSError) as e:  # the epoch is still saved below, then the error reported
+                val, preds, eval_error = None, None, e
+                log.bad_samples(getattr(e, "bad", []))
+            if preds is not None:
+                log.bad_samples(preds.bad)
+            if val is not None:
+                is_best = best is None or val[task.metric] > best
+                best = val[task.metric] if is_best else best
+                metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": best}
+                if cfg.confusion_matrix and info.is_main:
+                    save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), out / "confusion.png",
+                                          _label_names(cfg.label_names))
         elapsed = time.perf_counter() - tic
         log.record("epoch", step, {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": elapsed,
-                                   **({"val": metrics["val"]} if evaluated else {})})
+                                   **({"val": val} if val is not None else {})})
         if info.is_main:
-            val_text = f", val {task.describe(metrics['val'])}" if evaluated else ""
+            val_text = f", val {task.describe(val)}" if val is not None else ""
             print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
 
-        # ---- checkpoint and metrics at the epoch boundary ------------------------------------------
+        # ---- checkpoint and metrics at the epoch boundary: best.pt, metrics.json, then last.pt ---------------
         if info.is_main:
-            ckpt = make_checkpoint(model, cfg.model, optimizer, scheduler, scaler, epoch, step, best, cfg)
-            atomic_save(ckpt, out / "last.pt")
-            if is_best:
-                atomic_save(ckpt, out / "best.pt")
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            ckpt = make_checkpoint(model, cfg.model, optimizer, scheduler, scaler, epoch, step, best, cfg, metrics)
+            run_folder.commit_epoch(out, ckpt, metrics, is_best)
+        if eval_error is not None:
+            raise ValueError(f"epoch {epoch} is saved in {out / run_folder.LAST}, but its evaluation failed: "
+                             f"{eval_error} (unreadable videos are listed in {out / 'bad_samples.txt'})")
     log.close()
     return metrics
 
