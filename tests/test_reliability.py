@@ -56,6 +56,15 @@ class Clips(torch.utils.data.Dataset):
                 "path": f"clip/{index}"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tensors this small run fastest on one thread (and a busy machine makes two threads spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     try:
         code = main([str(a) for a in argv])
