@@ -104,21 +104,20 @@ def read_annotation_list(list_file: str, kind: ListKind = "auto", num_classes: i
     return records
 
 
-def read_label_names(path: str) -> list[str]:
-    """Class names indexed by label id.
+def read_label_names(path: str, num_classes: int | None = None) -> list[str]:
+    """Class names indexed by label id; with ``num_classes``, there must be a name for every class.
 
     Accepts one name per line (line order gives the id), or ``id name`` / ``id,name`` per line (an
     ``id,name`` header is skipped); with ids, they must cover 0..N-1 exactly once.
     """
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, line.strip()) for n, line in enumerate(f, start=1)]
+    lines = [(n, t.strip()) for n, t in _numbered_lines(path)]
     lines = [(n, t) for n, t in lines if t and not t.startswith("#")]
     if lines and lines[0][1].replace(" ", "").lower() == "id,name":
         lines = lines[1:]
     pattern = re.compile(r"(\d+)\s*[,\s]\s*(\S.*)")
     matches = [pattern.fullmatch(t) for _, t in lines]
     if not lines or not all(matches):
-        return [t for _, t in lines]
+        return _enough([t for _, t in lines], path, num_classes)
     names: dict[int, str] = {}
     for (n, _), m in zip(lines, matches, strict=True):
         i = int(m.group(1))
@@ -128,4 +127,10 @@ def read_label_names(path: str) -> list[str]:
     if sorted(names) != list(range(len(names))):
         gaps = sorted(set(range(max(names) + 1)) - names.keys())[:5]
         raise ListFormatError(path, lines[-1][0], f"label ids must be 0..{len(names) - 1}; missing {gaps}")
-    return [names[i] for i in range(len(names))]
+    return _enough([names[i] for i in range(len(names))], path, num_classes)
+
+
+def _enough(names: list[str], path: str, num_classes: int | None) -> list[str]:
+    if num_classes is not None and len(names) < num_classes:
+        raise ValueError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+    return names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -13,8 +12,9 @@ import torch
 from torch import nn
 
 from ..data import AugmentConfig, BadSample, VideoClipDataset
-from .config import TrainConfig
-from .evaluate import autocast_context, predict_views
+from ..methods.common import autocast_context
+from .config import TrainConfig, replace
+from .recognition import predict_views
 
 
 def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) -> VideoClipDataset:
@@ -25,11 +25,12 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
         raise ValueError(f"video paths may not contain whitespace (annotation list format): {spaced}")
     list_file = Path(list_dir) / "videos.txt"
     list_file.write_text("".join(f"{p} 0\n" for p in paths))
+    d, e = cfg.data, cfg.eval
     return VideoClipDataset(
-        list_file, "", num_frames=cfg.frames, train=False, image_size=cfg.image_size, sampling=cfg.sampling,
-        frame_interval=cfg.frame_interval, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
-        test_short_side=cfg.test_short_side, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
-        list_kind="video", view_chunk=cfg.eval_chunk,
+        list_file, "", num_frames=cfg.model.frames, train=False, image_size=cfg.model.image_size,
+        sampling=d.sampling, frame_interval=d.frame_interval, num_clips=e.test_clips, num_crops=e.test_crops,
+        test_short_side=e.test_short_side, augment=AugmentConfig(**d.augment), bad_sample_policy="skip",
+        list_kind="video", view_chunk=e.eval_chunk,
     )
 
 
@@ -44,27 +45,29 @@ def predict_videos(
 ) -> list[dict[str, Any]]:
     """One result per video, in order: ``{"path", "top": [{"label", "prob"[, "name"]}, ...]}`` with the
     ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``.
-    The views are decoded ``cfg.eval_chunk`` at a time. Raises ``NonFiniteError`` on non-finite outputs."""
+    The views are decoded ``eval_chunk`` at a time; non-finite outputs raise ``NonFiniteError``."""
     if views is not None:
-        cfg = dataclasses.replace(cfg, test_crops=views[0], test_clips=views[1])
+        cfg = replace(cfg, "--views", test_crops=views[0], test_clips=views[1])
     device = next(model.parameters()).device
     model.eval()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = clip_dataset(cfg, videos, tmp)
-        n = dataset.chunks_per_video
+        chunks = dataset.chunks_per_video
         for i, video in enumerate(videos):
-            probs = 0.0
-            for item in (dataset[i * n + c] for c in range(n)):
+            probs, views, error = 0.0, 0, None
+            for c in range(chunks):  # the video's views, one decoded chunk at a time
+                item = dataset[i * chunks + c]
                 if isinstance(item, BadSample):
+                    error = item.reason
                     break
-                views = item["video"].shape[0]
-                with autocast_context(device, cfg.amp, getattr(torch, cfg.amp_dtype)):
-                    probs = probs + views * predict_views(model, item["video"][None].to(device), cfg.eval_chunk)[0]
-            if isinstance(item, BadSample):
-                results.append({"path": str(video), "error": item.reason})
+                with autocast_context(device, cfg.optim.amp, getattr(torch, cfg.optim.amp_dtype)):
+                    p = predict_views(model, item["video"][None].to(device), cfg.eval.eval_chunk)[0]  # (C,)
+                probs, views = probs + p * item["video"].shape[0], views + item["video"].shape[0]
+            if error is not None:
+                results.append({"path": str(video), "error": error})
                 continue
-            probs = probs / dataset.num_views  # (C,)
+            probs = probs / views  # (C,) mean over every view
             top = probs.topk(min(topk, probs.numel()))
             results.append({"path": str(video), "top": [
                 {"label": int(k), "prob": float(p), **({"name": label_names[k]} if label_names else {})}

@@ -40,20 +40,29 @@ RUN_FILES = (LAST, BEST, METRICS, LOG, "config.yaml", "bad_samples.txt", "confus
 
 RESUMABLE = frozenset({
     # schedule and optimiser: recomputed at the checkpoint's step
-    "epochs", "warmup_epochs", "lr", "lr_clip", "min_lr_ratio", "weight_decay", "betas", "eps", "clip_grad",
-    "label_smoothing", "mixup_alpha",
+    "optim.epochs", "optim.warmup_epochs", "optim.lr", "optim.lr_clip", "optim.min_lr_ratio",
+    "optim.weight_decay", "optim.betas", "optim.eps", "optim.clip_grad", "optim.label_smoothing",
+    "optim.mixup_alpha",
     # evaluation and logging
-    "eval_every", "test_crops", "test_clips", "test_short_side", "eval_batch_size", "eval_chunk",
-    "confusion_matrix", "sim_chunk", "dsl", "val_split", "log_every", "tensorboard",
+    "eval.eval_every", "eval.test_crops", "eval.test_clips", "eval.test_short_side", "eval.eval_batch_size",
+    "eval.eval_chunk", "eval.confusion_matrix", "eval.sim_chunk", "eval.dsl", "data.val_split",
+    "run.log_every", "run.tensorboard",
     # runtime, and where files are
-    "device", "num_workers", "bad_sample_policy", "output_dir", "resume", "overwrite",
-    "train_list", "val_list", "data_root", "label_names", "pretrained", "tokenizer",
+    "run.device", "data.num_workers", "data.bad_sample_policy", "run.output_dir", "run.resume", "run.overwrite",
+    "data.train_list", "data.val_list", "data.data_root", "data.label_names", "model.pretrained",
+    "data.tokenizer",
 })
+
+
+def _leaves(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (dict-valued settings such as overrides stay whole)."""
+    return {f"{group}.{key}": value for group, keys in config.items() for key, value in keys.items()}
 
 
 def refused_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key (old -> new)"`` for every setting outside :data:`RESUMABLE` that differs between the
-    checkpoint's run (``saved``) and the resumed one (``new``), both flat ``to_dict`` configs."""
+    checkpoint's run (``saved``) and the resumed one (``new``), both grouped ``to_dict`` configs."""
+    saved, new = _leaves(saved), _leaves(new)
     keys = sorted((saved.keys() | new.keys()) - RESUMABLE)
     return [f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in keys if saved.get(k) != new.get(k)]
 
@@ -115,9 +124,9 @@ def reconcile(out: str | Path, ckpt: dict[str, Any], metrics: dict[str, Any]) ->
             if record.get("step", 0) <= ckpt["step"] and record.get("epoch", 0) <= ckpt["epoch"]:
                 kept.append(line)
         atomic_write_text("".join(kept), log)
-    best = ckpt["best_top1"]
+    best = ckpt["best_metric"]
     if (out / BEST).is_file() and (_stored(out / BEST, "epoch") or 0) > ckpt["epoch"]:
-        newer = _stored(out / BEST, "best_top1")
+        newer = _stored(out / BEST, "best_metric")
         if newer is not None and (best is None or newer > best):
             best = newer
     return best
