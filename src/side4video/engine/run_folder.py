@@ -72,12 +72,14 @@ def holds_run(out: str | Path) -> bool:
     return any((Path(out) / name).exists() for name in (LAST, BEST, METRICS, LOG))
 
 
-def prepare(out: str | Path, resuming: bool, replace: bool) -> None:
-    """Create ``out`` for a run. A run already there is continued (``resuming``), deleted (``replace``:
-    ``--overwrite``, or ``--resume auto`` finding files but no committed ``last.pt``) or refused."""
+def prepare(out: str | Path, resuming: bool, overwrite: bool, resume_auto: bool) -> None:
+    """Create ``out`` for a run. A run already there is continued (``resuming``), or deleted: on
+    ``overwrite``, or with ``resume_auto`` when it is a first epoch killed before its ``last.pt`` (no
+    ``best.pt`` of a later epoch); else refused."""
     out = Path(out)
     if holds_run(out) and not resuming:
-        if not replace:
+        killed_first_epoch = resume_auto and not (out / LAST).exists() and (_stored(out / BEST, "epoch") or 1) <= 1
+        if not (overwrite or killed_first_epoch):
             raise ConfigError(f"{out} already holds a training run ({LAST}, {METRICS}, ...); pass --resume auto "
                               "to continue it or --overwrite to replace it")
         for name in RUN_FILES:
@@ -107,11 +109,15 @@ def _stored(path: Path, key: str) -> Any:
         return None
 
 
-def reconcile(out: str | Path, ckpt: dict[str, Any], metrics: dict[str, Any]) -> float | None:
-    """Bring ``out`` back to the state committed by ``ckpt`` (the ``last.pt`` resumed from, whose run
-    metrics are ``metrics``); returns the best value the resumed run has to beat."""
+def reconcile(out: str | Path, ckpt: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """Bring ``out`` back to the state committed by ``ckpt`` (the ``last.pt`` resumed from); returns the
+    run's metrics at that epoch and the best value the resumed run has to beat."""
     out = Path(out)
     remove_stale_temps(out)
+    metrics = ckpt.get("metrics")
+    if metrics is None:  # a checkpoint from before metrics were stored in it: metrics.json, if it matches
+        stored = json.loads((out / METRICS).read_text()) if (out / METRICS).is_file() else {}
+        metrics = stored if stored.get("epoch") == ckpt["epoch"] else {}
     atomic_write_text(json.dumps(metrics, indent=2) + "\n", out / METRICS)
     log = out / LOG
     if log.is_file():
@@ -129,7 +135,7 @@ def reconcile(out: str | Path, ckpt: dict[str, Any], metrics: dict[str, Any]) ->
         newer = _stored(out / BEST, "best_metric")
         if newer is not None and (best is None or newer > best):
             best = newer
-    return best
+    return metrics, best
 
 
 __all__ = ["RESUMABLE", "RUN_FILES", "commit_epoch", "holds_run", "prepare", "reconcile", "refused_changes"]

@@ -257,7 +257,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
             raise ConfigError(f"{resume_from}: cannot resume with changed settings: {', '.join(refused)}; "
                               "train into a new --output-dir (or --overwrite) to change them")
     if info.is_main:  # a run already in the folder is continued, replaced on request, or refused
-        run_folder.prepare(out, resuming=ckpt is not None, replace=cfg.run.overwrite or cfg.run.resume == "auto")
+        run_folder.prepare(out, resuming=ckpt is not None, overwrite=cfg.run.overwrite,
+                           resume_auto=cfg.run.resume == "auto")
         save_yaml(cfg, out / "config.yaml")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
@@ -292,11 +293,10 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         run.start_epoch, run.step, run.best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"]
-        run.metrics = ckpt.get("metrics", {})
         if info.is_main:
-            run.best = run_folder.reconcile(out, ckpt, run.metrics)  # whatever a kill left after last.pt
+            run.metrics, run.best = run_folder.reconcile(out, ckpt)  # whatever a kill left after last.pt
             print(f"resumed from {resume_from} at epoch {ckpt['epoch']}, step {run.step}")
-        run.best = all_gather_objects(run.best, info)[0]  # rank 0 reconciled the folder
+        run.metrics, run.best = all_gather_objects((run.metrics, run.best), info)[0]  # rank 0's
     return run
 
 
