@@ -72,6 +72,7 @@ def _train_config(method: DemoMethod, data, out: Path, epochs: int, seed: int) -
         epochs=epochs, warmup_epochs=1, batch_size=BATCH, lr=method.lr, weight_decay=0.05, label_smoothing=0.0,
         test_crops=1, test_clips=1, eval_every=epochs, num_workers=0, device="cpu", seed=seed,
         output_dir=str(out / method.model), log_every=10_000, tensorboard=False,
+        overwrite=True,  # the demo re-creates its runs
     )
 
 
@@ -111,6 +112,7 @@ def _retrieval(out: Path, epochs: int, seed: int, keep_checkpoints: bool) -> lis
             lr_clip=method.lr,  # no CLIP weights to preserve: the text tower learns from scratch
             weight_decay=0.0, betas=(0.9, 0.98), eval_every=epochs, num_workers=0, device="cpu", seed=seed,
             output_dir=str(out / method.model), log_every=10_000, tensorboard=False,
+            overwrite=True,  # the demo re-creates its runs
         )
         val = train(cfg)["val"]
         _prune(Path(cfg.run.output_dir), keep_checkpoints)

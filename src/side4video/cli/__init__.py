@@ -47,20 +47,38 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="side4video", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser, _ in COMMANDS.values():
         add_parser(sub)
     return parser
 
 
+def _one_line(text: object) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand. Every error is one line on stderr and a non-zero exit: 2 for a bad setting, 1 for
+    bad input or a diverged model, 3 for anything unexpected (``--debug`` shows its traceback)."""
     args = build_parser().parse_args(argv)
-    from ..engine.train import NonFiniteLossError
+    from ..data.video import VideoReadError
+    from ..engine.tasks import NonFiniteError
     from ..typed_config import ConfigError
 
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError, ValueError, KeyError) as e:
+    except (ConfigError, NonFiniteError, OSError, NotImplementedError, ValueError, KeyError, VideoReadError) as e:
+        if args.debug:
+            raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
-        print(f"side4video {args.command}: error: {message}", file=sys.stderr)
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            message = f"{e.filename}: {e.strerror}"
+        print(f"side4video {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"side4video {args.command}: unexpected error: {type(e).__name__}: {_one_line(e)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 3

@@ -66,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         shown = "" if default in (None, "", dataclasses.MISSING) or "default:" in text else f" (default: {default})"
         p.add_argument(f"--{flag_dest(path).replace('_', '-')}", dest=flag_dest(path),
                        help=f"{text}{shown}; config key {path}", **arg_type(types[path]))
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in output-dir (else refused); config key run.overwrite")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, flat or dotted: lr=3e-4, optim.lr=3e-4, model_overrides.dropout=0.3")
     p.add_argument("--print-config", action="store_true",
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.config import resolve_config, to_dict
     from ..engine.train import train
 
-    cfg = resolve_config(args.config, {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}, args.set)
+    flags = {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}
+    cfg = resolve_config(args.config, {**flags, "run.overwrite": args.overwrite}, args.set)
     if args.print_config:
         from ..engine.defaults import resolve_defaults
 

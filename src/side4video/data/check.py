@@ -78,19 +78,21 @@ def check_data(
     *,
     decode: bool = True,
     list_kind: ListKind = "auto",
+    num_classes: int | None = None,
     progress: bool = False,
 ) -> DataReport:
     """Read every entry of ``list_file``; a video with fewer than ``num_frames`` frames is too short.
 
     ``decode`` decodes every frame (slow, thorough); without it, video files are only opened and their
-    header's frame count used, and frame folders only checked for their files.
+    header's frame count used, and frame folders only checked for their files. With ``num_classes``, a
+    label outside ``[0, num_classes)`` is a malformed line.
 
     A video listed a second time (same path, after normalisation) is a ``duplicate`` problem on the later
     line and is not read again. A ``data_root`` that is not a directory raises ``FileNotFoundError``
     once, instead of one "missing" problem per video.
     """
     list_file, data_root = os.fspath(list_file), os.fspath(data_root) if data_root else ""
-    records, errors = parse_annotation_list(list_file, list_kind)
+    records, errors = parse_annotation_list(list_file, list_kind, num_classes)
     if data_root and not os.path.isdir(data_root) and any(not os.path.isabs(r.path) for r in records):
         raise FileNotFoundError(f"data root {data_root}: no such directory (the paths of {list_file} are "
                                 "relative to it)")
