@@ -39,12 +39,14 @@ class FrameMeanClassifier(nn.Module):
 
     ``cfg`` needs ``num_classes`` and ``dropout``. Subclasses decide what trains and how the
     ViT is modified (adapters at its injection points, another attention layer ...).
+    ``norm_after_mean``: ``ln_post`` of the frame-averaged [CLS] instead (ST-Adapter's released head).
     """
 
-    def __init__(self, cfg, backbone: VisionTransformer) -> None:
+    def __init__(self, cfg, backbone: VisionTransformer, norm_after_mean: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
+        self.norm_after_mean = norm_after_mean
         self.head = FrameMeanHead(backbone.width, cfg.num_classes, cfg.dropout)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
@@ -54,8 +56,10 @@ class FrameMeanClassifier(nn.Module):
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, 3, H, W)
         tokens = self.backbone.forward_features(frames, num_frames=t)  # (B*T, 1+N, D)
-        cls = self.backbone.ln_post(tokens[:, 0])  # (B*T, D)
-        return cls.view(b, t, -1).mean(dim=1)  # (B, D)
+        cls = tokens[:, 0].view(b, t, -1)  # (B, T, D)
+        if self.norm_after_mean:
+            return self.backbone.ln_post(cls.mean(dim=1))  # (B, D)
+        return self.backbone.ln_post(cls).mean(dim=1)  # (B, D)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(video))
