@@ -7,6 +7,7 @@ from .backbones.vit import VisionConfig, VisionTransformer, build_vit, freeze
 from .export import export_merged, load_exported
 from .metrics import retrieval_metrics
 from .models import create_model, list_models
+from .official import load_official
 from .profiler import profile_model
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "list_models",
     "load_backbone",
     "load_exported",
+    "load_official",
     "load_text_tower",
     "load_tokenizer",
     "profile_model",
