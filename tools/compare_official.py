@@ -1,7 +1,7 @@
 """Check ``side4video.load_official`` against the authors' own model code.
 
 For each released architecture this script builds the authors' model class from a checkout of
-their repository at a small size (the ``tiny`` ViT: width 256, 4 blocks, 112 px), gives every
+their repository at a small size (the ``tiny`` ViT: width 256, 4 blocks, at 32 px), gives every
 weight and BatchNorm statistic a random value, saves a checkpoint in the authors' layout,
 loads it with :func:`side4video.load_official` and compares the logits on random clips::
 
@@ -14,7 +14,8 @@ Only imports that serve training or logging are stubbed (mmcv / mmengine registr
 loggers, timm helpers, apex ``FusedLayerNorm`` -> ``nn.LayerNorm``, xformers' memory-efficient
 attention and torch 1.x's private ``F._scaled_dot_product_attention`` -> their documented math).
 Nothing of the authors' code is copied here: it is imported from the checkout at run time.
-``--fixture FILE`` writes the authors' logits per case (the project's tests pin them).
+``--fixture FILE`` writes, per case, the authors' key layout (names, shapes), seed and logits: the
+project's tests rebuild each checkpoint from it and pin the logits without the authors' code.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import math
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from side4video import load_official
 from side4video.official import random_state
 
 TOL = 1e-4
-SIZE, PATCH, WIDTH, LAYERS, HEADS, EMBED = 112, 16, 256, 4, 4, 128  # the ``tiny`` backbones
+SIZE, PATCH, WIDTH, LAYERS, HEADS, EMBED = 32, 16, 256, 4, 4, 128  # the ``tiny`` backbones at 32 px
 SIDE_WIDTH, BOTTLENECK, CLASSES, BATCH = 128, 64, 5, 2
 
 
@@ -129,14 +131,53 @@ def install_stubs() -> None:
         F._scaled_dot_product_attention = _sdpa_math
 
 
+# ----------------------------------------------------------------------------- the authors' checkpoint layouts
+
+
+def write_side4video(path: Path, state: dict, prefix: str = "") -> dict:
+    """train_vision.py's ``epoch_saving``: ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``."""
+    torch.save({"epoch": 3, "model_state_dict": {prefix + k: v for k, v in state.items()},
+                "optimizer_state_dict": {}}, path)
+    return {}
+
+
+def write_st_adapter(path: Path, state: dict, trainable: set[str]) -> dict:
+    """utils.py's ``save_model`` (trainable tensors only) and the CLIP image tower it was trained from.
+
+    The tower is written in OpenAI's key layout (``visual.*``), without ``proj``: the model never uses it.
+    """
+    torch.save({"model": {k: v for k, v in state.items() if k in trainable}, "optimizer": {}, "lr_sched": {},
+                "loss_scaler": {}, "next_epoch": 12}, path)
+    clip_file = path.with_name(path.stem + "_clip.pt")
+    torch.save({f"visual.{k}": v for k, v in state.items() if k not in trainable}, clip_file)
+    return {"pretrained": clip_file}
+
+
+def write_zeroi2v(path: Path, state: dict, config_text: str, config_file: bool = False) -> dict:
+    """mmengine's CheckpointHook: ``{'meta': {..., 'cfg': config text}, 'state_dict', ...}``, or a config file."""
+    meta = {"epoch": 40, "iter": 1000}
+    if config_file:
+        config = path.with_suffix(".py")
+        config.write_text("_base_ = ['../../_base_/default_runtime.py']\n" + config_text)
+        kwargs = {"config": config}
+    else:
+        meta["cfg"] = config_text
+        kwargs = {}
+    torch.save({"meta": meta, "state_dict": state, "message_hub": {}, "optimizer": {}}, path)
+    return kwargs
+
+
+WRITERS = {"side4video": write_side4video, "st-adapter": write_st_adapter, "zeroi2v": write_zeroi2v}
+
+
+def write_checkpoint(path: Path, writer: str, state: dict, trainable: set[str], args: dict) -> dict:
+    """Write ``state`` in the layout ``writer``; returns the keyword arguments ``load_official`` needs."""
+    if writer == "st-adapter":
+        return write_st_adapter(path, state, trainable)
+    return WRITERS[writer](path, state, **args)
+
+
 # ----------------------------------------------------------------------------- the authors' models
-
-
-def randomise(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every weight and BatchNorm statistic random (deterministic by key name); returns the state."""
-    state = random_state(model.state_dict(), seed)
-    model.load_state_dict(state)
-    return state
 
 
 def clips(frames: int, seed: int = 0) -> torch.Tensor:
@@ -161,8 +202,9 @@ class Case:
     method: str
     layout: str
     frames: int
-    build: Callable[[int], nn.Module]  # frames -> the authors' model (eval mode)
-    save: Callable[[nn.Module, dict, Path], dict]  # writes the checkpoint; returns load_official kwargs
+    build: Callable[[int], nn.Module]  # frames -> the authors' model
+    writer: str  # key of WRITERS
+    args: dict = field(default_factory=dict)  # the writer's extra arguments
 
     @property
     def name(self) -> str:
@@ -189,17 +231,10 @@ def side4video_cases(repo: Path, frames: int) -> list[Case]:
         )
         return VideoClassifier(visual, SIDE_WIDTH)
 
-    def saver(prefix: str):
-        def save(model: nn.Module, state: dict, path: Path) -> dict:
-            torch.save({"epoch": 3, "model_state_dict": {prefix + k: v for k, v in state.items()},
-                        "optimizer_state_dict": {}}, path)
-            return {}
-        return save
-
     return [
-        Case("side4video", "B/16-style (OpenAI CLIP)", frames, build_clip, saver("")),
-        Case("side4video", "B/16-style, DDP 'module.' keys", frames, build_clip, saver("module.")),
-        Case("side4video", "E/14-style (EVA-CLIP, post-norm)", frames, build_eva, saver("")),
+        Case("side4video", "B/16-style (OpenAI CLIP)", frames, build_clip, "side4video"),
+        Case("side4video", "B/16-style, DDP 'module.' keys", frames, build_clip, "side4video", {"prefix": "module."}),
+        Case("side4video", "E/14-style (EVA-CLIP, post-norm)", frames, build_eva, "side4video"),
     ]
 
 
@@ -216,19 +251,9 @@ def st_adapter_cases(repo: Path, frames: int) -> list[Case]:
             return model.float()  # the frozen weights are cast to fp16 for the GPU; compare in fp32
         return build
 
-    def save(model: nn.Module, state: dict, path: Path) -> dict:
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"model": {k: v for k, v in state.items() if k in trainable}, "optimizer": {},
-                    "lr_sched": {}, "loss_scaler": {}, "next_epoch": 12}, path)
-        clip_file = path.with_name(path.stem + "_clip.pt")  # the OpenAI CLIP image tower it was trained from
-        frozen = {f"visual.{k}": v for k, v in state.items() if k not in trainable}
-        frozen["visual.proj"] = torch.randn(WIDTH, EMBED, generator=torch.Generator().manual_seed(1))
-        torch.save(frozen, clip_file)
-        return {"pretrained": clip_file}
-
     return [
-        Case("st-adapter", "K400 12x (before MLP)", frames, builder(False, True), save),
-        Case("st-adapter", "SSv2 24x (before MHSA and MLP)", frames, builder(True, True), save),
+        Case("st-adapter", "K400 12x (before MLP)", frames, builder(False, True), "st-adapter"),
+        Case("st-adapter", "SSv2 24x (before MHSA and MLP)", frames, builder(True, True), "st-adapter"),
     ]
 
 
@@ -264,41 +289,29 @@ def zeroi2v_cases(repo: Path, frames: int) -> list[Case]:
         def forward(self, video: torch.Tensor) -> torch.Tensor:
             return self.cls_head.fc_cls(self.backbone(video).mean(dim=(2, 3, 4)))
 
-    def case(layout: str, kind: str, via_config_file: bool = False, **backbone_cfg) -> Case:
+    def case(layout: str, kind: str, config_file: bool = False, **backbone_cfg) -> Case:
         def build(t: int) -> nn.Module:
             cfg = dict(input_resolution=SIZE, num_frames=t, patch_size=PATCH, width=WIDTH, layers=LAYERS,
                        heads=HEADS, **backbone_cfg)
             return Recognizer(backbones[kind](**cfg))
 
-        def save(model: nn.Module, state: dict, path: Path) -> dict:
-            cfg = dict(type=kind, pretrained="your_clip_path", input_resolution=SIZE, patch_size=PATCH,
-                       num_frames=model.backbone.num_frames, width=WIDTH, layers=LAYERS, heads=HEADS, **backbone_cfg)
-            text = (
-                "default_scope = 'mmaction'\n"
-                f"model = dict(type='Recognizer3D', backbone=dict({_kwargs(cfg)}), cls_head=dict(type='I3DHead', "
-                f"in_channels={WIDTH}, num_classes={CLASSES}, spatial_type='avg', dropout_ratio=0.5, "
-                "average_clips='prob'))\n"
-                "work_dir = '.work_dirs/recognition/vit_zero_clip'\n"
-            )
-            meta = {"epoch": 40, "iter": 1000}
-            kwargs = {}
-            if via_config_file:
-                config = path.with_suffix(".py")
-                config.write_text("_base_ = ['../../_base_/default_runtime.py']\n" + text)
-                kwargs["config"] = config
-            else:
-                meta["cfg"] = text
-            torch.save({"meta": meta, "state_dict": state, "message_hub": {}, "optimizer": {}}, path)
-            return kwargs
-
-        return Case("zeroi2v", layout, frames, build, save)
+        cfg = dict(type=kind, pretrained="your_clip_path", input_resolution=SIZE, patch_size=PATCH,
+                   num_frames=frames, width=WIDTH, layers=LAYERS, heads=HEADS, **backbone_cfg)
+        text = (
+            "default_scope = 'mmaction'\n"
+            f"model = dict(type='Recognizer3D', backbone=dict({_kwargs(cfg)}), cls_head=dict(type='I3DHead', "
+            f"in_channels={WIDTH}, num_classes={CLASSES}, spatial_type='avg', dropout_ratio=0.5, "
+            "average_clips='prob'))\n"
+            "work_dir = '.work_dirs/recognition/vit_zero_clip'\n"
+        )
+        return Case("zeroi2v", layout, frames, build, "zeroi2v", {"config_text": text, "config_file": config_file})
 
     return [
         case("K400 B/16-style: shift_div, 4 adapters", "ViT_Zero_CLIP", adapter_scale=0.5, num_tadapter=2,
              stdha_cfg=dict(shift_div=4, divide_head=False)),
         case("K400 L/14-32f-style: + long_shift_div, 3 adapters", "ViT_Zero_CLIP", adapter_scale=1.0,
              num_tadapter=1, stdha_cfg=dict(shift_div=8, divide_head=False, long_shift_div=8)),
-        case("config file (config=)", "ViT_Zero_CLIP", via_config_file=True, adapter_scale=0.5, num_tadapter=2,
+        case("config file (config=)", "ViT_Zero_CLIP", config_file=True, adapter_scale=0.5, num_tadapter=2,
              stdha_cfg=dict(shift_div=8, divide_head=False)),
         case("SSv2 L/14-32f-style _long: shift1-3", "ViT_Zero_CLIP_long", adapter_scale=1, num_tadapter=2,
              stdha_cfg=dict(divide_head=False, shift1_div=8, shift2_div=16, shift3_div=16, shift3_right=False,
@@ -320,17 +333,25 @@ def _kwargs(cfg: dict) -> str:
 
 
 @torch.no_grad()
-def run_case(case: Case, seed: int, tmp: Path) -> tuple[float, list[list[float]]]:
+def run_case(case: Case, seed: int, tmp: Path) -> tuple[float, dict]:
+    """The max |difference| of our logits from the authors', and the case's fixture entry."""
     torch.manual_seed(seed)
     theirs = case.build(case.frames).eval()
-    state = randomise(theirs, seed)
+    state = random_state(theirs.state_dict(), seed)
+    theirs.load_state_dict(dict(state))
+    trainable = {n for n, p in theirs.named_parameters() if p.requires_grad}
     video = clips(case.frames, seed)
     expected = theirs(video)
     path = tmp / f"case{seed}.pth"
-    kwargs = case.save(theirs, state, path)
+    kwargs = write_checkpoint(path, case.writer, state, trainable, case.args)
     ours = load_official(path, num_frames=case.frames, **kwargs)
-    got = ours(video)
-    return (got - expected).abs().max().item(), expected.tolist()
+    diff = (ours(video) - expected).abs().max().item()
+    entry = {
+        "seed": seed, "frames": case.frames, "writer": case.writer, "args": case.args,
+        "keys": [[k, list(v.shape), str(v.dtype).removeprefix("torch."), k in trainable] for k, v in state.items()],
+        "logits": expected.tolist(),
+    }
+    return diff, entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.side4video or args.st_adapter or args.zeroi2v):
         parser.error("give at least one of --side4video, --st-adapter, --zeroi2v")
     logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)  # the authors' checkpoint() calls, no grad here
     install_stubs()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cases: list[Case] = []
@@ -358,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     failed, fixture = 0, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed, case in enumerate(cases):
-            diff, logits = run_case(case, seed, Path(tmp))
+            diff, entry = run_case(case, seed, Path(tmp))
             ok = diff <= TOL
             failed += not ok
-            fixture[case.name] = {"seed": seed, "logits": logits}
+            fixture[case.name] = entry
             print(f"{case.name:<72} {diff:10.2e}  {'ok' if ok else 'FAIL'}")
     print(f"{len(cases) - failed} of {len(cases)} cases within {TOL:.0e}")
     if args.fixture:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .backbones.loading import convert_state_dict, load_backbone, vision_config_from_state_dict
-from .backbones.vit import BACKBONES, VisionConfig
+from .backbones.vit import BACKBONES, VisionConfig, build_vit
 from .methods.zeroi2v import ADAPTER_POINTS, released_shift_groups
 from .models import build_model, make_config
 
@@ -155,8 +155,6 @@ def backbone_name(cfg: VisionConfig, source: str) -> str:
 def _complete_backbone(sd: StateDict, name: str, image_size: int) -> StateDict:
     """Add the tower parts a classifier checkpoint leaves out (``ln_post``: identity, ``proj``: zeros)."""
     with torch.device("meta"):
-        from .backbones.vit import build_vit
-
         template = build_vit(name, image_size=image_size).state_dict()
     for key, value in template.items():
         if key not in sd:
@@ -267,7 +265,7 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
                 for p in "qkv":
                     del block[f"attn.{p}_proj.{part}"]
         for key, value in _rename(path, block, _S4V_BLOCK_RULES).items():
-            if key.startswith("temporal.pw"):
+            if key.startswith("temporal.pw") and key.endswith("weight"):
                 value = value.reshape(value.shape[0], value.shape[1])  # 1x1x1 conv -> Linear
             elif key == "temporal.dw.weight":
                 value = value.reshape(value.shape[0], 1, -1)  # (d, 1, 3, 1, 1) -> Conv1d (d, 1, 3)
@@ -283,7 +281,7 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
 
 
 def _released_side4video_flags(eva: bool) -> dict[str, Any]:
-    return {}
+    return {"head_norm": not eva, "cls_attn_norm": "released"}
 
 
 # ----------------------------------------------------------------------------- ST-Adapter
@@ -330,7 +328,8 @@ def _st_adapter(path: Path, sd: StateDict, num_frames: int | None, pretrained: s
                 f"{path}: missing key 'transformer.resblocks.{missing[0] if missing else blocks[-1]}."
                 f"adapter_pre_{kind}.fc1.weight' (adapters must sit in every one of the {vit.cfg.layers} blocks)"
             )
-    state.update({f"backbone.{k}": v for k, v in vit.state_dict().items()})
+    tower = _complete_backbone(vit.state_dict(), name, vit.cfg.image_size)
+    state.update({f"backbone.{k}": v for k, v in tower.items()})
     model_name = "st-adapter-b16-x2" if placement == "attn+mlp" else "st-adapter-b16"
     cfg = make_config(
         model_name, backbone=name, num_classes=fc.shape[0], num_frames=num_frames or 8, bottleneck=bottleneck,

@@ -79,7 +79,8 @@ ZOO: tuple[ZooEntry, ...] = (
 def zoo_table() -> str:
     """The zoo as a Markdown table (``side4video zoo`` and the README)."""
     rows = [
-        "| model | method | backbone | dataset | views | top-1 (authors) | file | import | evaluate | trains the same |",
+        "| model | method | backbone | dataset | views | top-1 (authors) | file | import | evaluate "
+        "| trains the same |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in ZOO:
