@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..backbones.vit import VisionTransformer, build_vit, freeze
+from ..backbones.vit import VisionTransformer
 from .baselines import FrameMeanClassifier
+from .common import ClassifierConfig
 
 
 class STAdapter(nn.Module):
@@ -66,17 +67,13 @@ class STAdapter(nn.Module):
 
 
 @dataclass(frozen=True)
-class STAdapterConfig:
-    backbone: str = "ViT-B-16"
-    num_classes: int = 400
-    num_frames: int = 8
+class STAdapterConfig(ClassifierConfig):
     bottleneck: int = 384
     kernel: tuple[int, int, int] = (3, 1, 1)  # both released models; the paper's ablation default is 3x3x3
     activation: Literal["gelu", "none"] = "none"  # released code: none; paper: GELU after the conv
     # Before the MLP (released K400 model), before MHSA (paper default) or both (released SSv2 model).
     placement: Literal["mlp", "attn", "attn+mlp"] = "mlp"
     pool: Literal["mean_then_norm", "norm_then_mean"] = "mean_then_norm"  # released: ln_post(mean_t CLS)
-    dropout: float = 0.5
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -91,14 +88,14 @@ class STAdapterModel(FrameMeanClassifier):
     """Frozen CLIP ViT with ST-Adapters; only the adapters and the head train."""
 
     def __init__(self, cfg: STAdapterConfig, backbone: VisionTransformer | None = None) -> None:
-        vit = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
-        vit.grad_checkpointing = cfg.grad_checkpointing
+        # frozen, but gradients flow through it
+        super().__init__(cfg, backbone, norm_after_mean=cfg.pool == "mean_then_norm", frozen=True)
+        vit = self.backbone
         for block in vit.blocks:
             if cfg.placement in ("attn", "attn+mlp"):
                 block.stream_pre_attn = self._adapter(cfg, vit.width)
             if cfg.placement in ("mlp", "attn+mlp"):
                 block.stream_pre_mlp = self._adapter(cfg, vit.width)
-        super().__init__(cfg, vit, norm_after_mean=cfg.pool == "mean_then_norm")
 
     @staticmethod
     def _adapter(cfg: STAdapterConfig, width: int) -> STAdapter:

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.vit import Attention, VisionTransformer, build_vit, freeze
+from ..backbones.vit import Attention, VisionTransformer, build_vit
 from .baselines import FrameMeanClassifier
+from .common import ClassifierConfig
 
 ShiftGroups = tuple[tuple[int, int], ...]  # (frame offset, channels) runs, from channel 0 of K and V
 
@@ -255,10 +256,7 @@ ADAPTER_POINTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 
 
 @dataclass(frozen=True)
-class ZeroI2VConfig:
-    backbone: str = "ViT-B-16"
-    num_classes: int = 400
-    num_frames: int = 8
+class ZeroI2VConfig(ClassifierConfig):
     adapter_ratio: float = 0.25  # bottleneck = int(ratio * width)
     adapter_scale: float = 0.5  # paper: 0.5 for K400, 1 for SSv2
     adapter_points: tuple[str, ...] = ADAPTER_POINTS  # released num_tadapter=1: without "mlp_out"
@@ -268,7 +266,6 @@ class ZeroI2VConfig:
     shift_groups: tuple[tuple[int, int], ...] | None = None
     head_offsets: tuple[int, ...] | None = None
     offset_table: Literal["k400", "ssv2"] = "k400"  # which table for the default (they differ at 16 frames)
-    dropout: float = 0.5
     grad_checkpointing: bool = False
     merged: bool = False  # adapters folded into the ViT weights (built by ZeroI2V.reparameterize)
 
@@ -299,7 +296,8 @@ class ZeroI2V(FrameMeanClassifier):
     """Frozen CLIP ViT with STDHA, linear adapters and a temporal embedding."""
 
     def __init__(self, cfg: ZeroI2VConfig, backbone: VisionTransformer | None = None) -> None:
-        vit = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
+        super().__init__(cfg, backbone, frozen=True)  # frozen, but gradients flow through it
+        vit = self.backbone
         groups = cfg.resolve_shift_groups(vit.width, vit.cfg.heads)
         bottleneck = int(cfg.adapter_ratio * vit.width)
         for block in vit.blocks:
@@ -310,8 +308,6 @@ class ZeroI2V(FrameMeanClassifier):
                     setattr(block, point, kind(vit.width, bottleneck, cfg.adapter_scale))
         vit.embed_hook = TemporalEmbedding(cfg.num_frames, vit.width)
         vit.ln_post.requires_grad_(True)
-        vit.grad_checkpointing = cfg.grad_checkpointing
-        super().__init__(cfg, vit)
 
     @property
     def shift_groups(self) -> ShiftGroups:
