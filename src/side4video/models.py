@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
     "side4video-l14-light": _side4video("ViT-L-14", 12, 320, "Side4Video light on ViT-L/14, 12 x 320 (paper: L/14 ♥)"),
     "side4video-e14-light": _side4video(
         "EVA02-E-14", 32, 576, "Side4Video on EVA-CLIP ViT-E/14, 32 x 576, post-norm (paper: E/14 ♥)",
-        post_norm=True, checkpoint_parts=True,
+        post_norm=True, checkpoint_parts=True, down_norm="post", head_norm=False,
     ),
     "side4video-tiny": _side4video("tiny", 4, 128, "Side4Video on the tiny test ViT, 4 x 128"),
     "st-adapter-b16": Preset(
