@@ -244,18 +244,18 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
     vit_sd = _complete_backbone(vit_sd, name, vit_cfg.image_size)
 
     state: StateDict = {f"backbone.{k}": v for k, v in vit_sd.items()}
-    state["stem.weight"] = stem
-    state["stem.bias"] = _need(path, sd, "visual.side_conv1.bias")
+    state["side.stem.weight"] = stem
+    state["side.stem.bias"] = _need(path, sd, "visual.side_conv1.bias")
     for part in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        state[f"stem_norm.{part}"] = _need(path, sd, f"visual.side_pre_bn3d.{part}")
+        state[f"side.stem_norm.{part}"] = _need(path, sd, f"visual.side_pre_bn3d.{part}")
         if not eva:
             state[f"head.norm.{part}"] = _need(path, sd, f"visual.side_post_bn.{part}")
-    state["pos_embed"] = _need(path, sd, f"{side_prefix}side_spatial_position_embeddings")
+    state["side.pos_embed"] = _need(path, sd, f"{side_prefix}side_spatial_position_embeddings")
     state["head.fc.weight"], state["head.fc.bias"] = fc, _need(path, sd, "fc.bias")
     for k in range(layers):
         for part in ("weight", "bias"):
-            state[f"down.{k}.proj.{part}"] = _need(path, sd, f"{side_prefix}side_linears.{k}.{part}")
-            state[f"down.{k}.norm.{part}"] = _need(path, sd, f"{side_prefix}side_lns.{k}.{part}")
+            state[f"side.down.{k}.proj.{part}"] = _need(path, sd, f"{side_prefix}side_linears.{k}.{part}")
+            state[f"side.down.{k}.norm.{part}"] = _need(path, sd, f"{side_prefix}side_lns.{k}.{part}")
         prefix = f"{side_prefix}{blocks_name}.{k}."
         block = {key[len(prefix):]: v for key, v in sd.items() if key.startswith(prefix)}
         if eva:  # separate q/k/v projections -> one packed projection
@@ -269,19 +269,15 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
                 value = value.reshape(value.shape[0], value.shape[1])  # 1x1x1 conv -> Linear
             elif key == "temporal.dw.weight":
                 value = value.reshape(value.shape[0], 1, -1)  # (d, 1, 3, 1, 1) -> Conv1d (d, 1, 3)
-            state[f"blocks.{k}.{key}"] = value
+            state[f"side.blocks.{k}.{key}"] = value
 
     model_name = "side4video-e14-light" if eva else "side4video-b16"
     cfg = make_config(
         model_name, backbone=name, side_layers=layers, side_width=width, num_classes=fc.shape[0],
-        num_frames=num_frames or 8, post_norm=eva, checkpoint_parts=eva,
-        down_norm="post" if eva else "pre", fusion="avg", **_released_side4video_flags(eva),
+        num_frames=num_frames or 8, post_norm=eva, checkpoint_parts=eva, down_norm="post" if eva else "pre",
+        head_norm=not eva, fusion="avg", cls_attn_norm="released", taps="interval",
     )
     return _finish(path, "side4video", model_name, cfg, state, vit_cfg.image_size)
-
-
-def _released_side4video_flags(eva: bool) -> dict[str, Any]:
-    return {"head_norm": not eva, "cls_attn_norm": "released"}
 
 
 # ----------------------------------------------------------------------------- ST-Adapter
