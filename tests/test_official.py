@@ -1,60 +1,39 @@
 """load_official: the authors' checkpoint layouts give the authors' logits; bad files fail in one line.
 
-``data/official_cases.json`` was written by ``tools/compare_official.py --fixture`` from the
-authors' own model classes (tiny size, random weights): for each case the authors' key layout
-(names, shapes), the seed of its weights and the authors' logits. Each test rebuilds that
-checkpoint with the same layout writer, loads it with ``load_official`` and compares.
+``data/official_cases.json`` (read by ``helpers.official_case``) was written by
+``tools/compare_official.py --fixture`` from the authors' own model classes (tiny size, random
+weights): for each case the authors' key layout (names, shapes), the seed of its weights and the
+authors' logits. Each test rebuilds that checkpoint with the same layout writer, loads it with
+``load_official`` and compares.
 """
 
-import importlib.util
-import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import OFFICIAL_CASES, official_case, official_harness
 from side4video import load_official
-from side4video.official import OfficialCheckpointError, convert_official, random_state, read_config
-
-ROOT = Path(__file__).resolve().parents[1]
-CASES = json.loads((Path(__file__).parent / "data" / "official_cases.json").read_text())
-_spec = importlib.util.spec_from_file_location("compare_official", ROOT / "tools" / "compare_official.py")
-harness = importlib.util.module_from_spec(_spec)
-sys.modules["compare_official"] = harness  # dataclasses look their module up
-_spec.loader.exec_module(harness)
+from side4video.official import OfficialCheckpointError, convert_official, read_config
 
 
-def write_case(name: str, tmp_path: Path) -> tuple[Path, dict, dict]:
-    """The case's checkpoint in the authors' layout: path, load_official kwargs, fixture entry."""
-    case = CASES[name]
-    template = {k: torch.zeros(shape, dtype=getattr(torch, dtype), device="meta" if "float" in dtype else "cpu")
-                for k, shape, dtype, _ in case["keys"]}  # random_state reads the float ones' shapes only
-    state = random_state(template, case["seed"])
-    trainable = {k for k, *_, is_trainable in case["keys"] if is_trainable}
-    path = tmp_path / "checkpoint.pth"
-    kwargs = harness.write_checkpoint(path, case["writer"], state, trainable, case["args"])
-    return path, kwargs, case
-
-
-@pytest.mark.parametrize("name", [n for n in CASES if n.endswith(" 8f")])
+@pytest.mark.parametrize("name", [n for n in OFFICIAL_CASES if n.endswith(" 8f")])
 def test_official_layouts_give_the_authors_logits(name, tmp_path):
-    path, kwargs, case = write_case(name, tmp_path)
+    path, kwargs, case = official_case(name, tmp_path)
     model = load_official(path, num_frames=case["frames"], **kwargs)
     assert not model.training
     with torch.no_grad():
-        logits = model(harness.clips(case["frames"], case["seed"]))
+        logits = model(official_harness.clips(case["frames"], case["seed"]))
     assert (logits - torch.tensor(case["logits"])).abs().max() <= 1e-4
 
 
 def test_imported_zeroi2v_still_merges_exactly(tmp_path):
-    path, kwargs, case = write_case("zeroi2v 6 adapters (separate q/k/v), long_shift_right 8f", tmp_path)
+    path, kwargs, case = official_case("zeroi2v 6 adapters (separate q/k/v), long_shift_right 8f", tmp_path)
     model = load_official(path, **kwargs)
     assert model.cfg.qkv_adapters
     assert model.shift_groups[:4] == ((-1, 32), (1, 32), (-2, 32), (2, 32))
     merged = model.reparameterize()
-    video = harness.clips(case["frames"], case["seed"])
+    video = official_harness.clips(case["frames"], case["seed"])
     with torch.no_grad():
         assert (merged(video) - torch.tensor(case["logits"])).abs().max() <= 1e-4
 
@@ -73,20 +52,20 @@ def one_line_error(fn, *names: str) -> str:
 
 
 def test_missing_or_inconsistent_keys_name_the_file_and_key(tmp_path):
-    path, _, case = write_case("side4video B/16-style (OpenAI CLIP) 8f", tmp_path)
+    path, _, case = official_case("side4video B/16-style (OpenAI CLIP) 8f", tmp_path)
     ckpt = torch.load(path)
     del ckpt["model_state_dict"]["visual.transformer.side_lns.1.bias"]
     torch.save(ckpt, path)
     one_line_error(lambda: load_official(path), str(path), "visual.transformer.side_lns.1.bias")
 
-    path, kwargs, case = write_case("st-adapter K400 12x (before MLP) 8f", tmp_path)
+    path, kwargs, case = official_case("st-adapter K400 12x (before MLP) 8f", tmp_path)
     one_line_error(lambda: load_official(path), str(path), "pretrained")
     ckpt = torch.load(path)
     ckpt["model"]["transformer.resblocks.0.adapter_pre_mlp.gate"] = torch.zeros(1)
     torch.save(ckpt, path)
     one_line_error(lambda: load_official(path, **kwargs), str(path), "transformer.resblocks.0.adapter_pre_mlp.gate")
 
-    path, _, case = write_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
+    path, _, case = official_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
     one_line_error(lambda: load_official(path, num_frames=16), "num_frames")
     ckpt = torch.load(path)
     ckpt["meta"]["cfg"] = ckpt["meta"]["cfg"].replace("num_frames=8", "num_frames=16")
@@ -124,7 +103,7 @@ def test_config_text_is_read_as_data_and_never_executed(tmp_path):
     message = one_line_error(lambda: read_config(evil, "cfg.py"), "cfg.py", "'model' (line 1)")
     assert "plain data" in message
 
-    path, _, _ = write_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
+    path, _, _ = official_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
     config = tmp_path / "config.py"
     config.write_text(evil)
     one_line_error(lambda: convert_official(path, config=config), str(config), "model")
@@ -132,7 +111,7 @@ def test_config_text_is_read_as_data_and_never_executed(tmp_path):
 
 
 def test_config_file_overrides_the_checkpoint_text(tmp_path):
-    path, _, case = write_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
+    path, _, case = official_case("zeroi2v K400 B/16-style: shift_div, 4 adapters 8f", tmp_path)
     config = tmp_path / "CLIP-B_k400_8x16x1.py"
     text = torch.load(path)["meta"]["cfg"]
     config.write_text(re.sub(r"shift_div=\d+", "shift_div=8", text))

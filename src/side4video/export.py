@@ -1,6 +1,7 @@
 """Export a trained model with its adapters merged, after checking the merge numerically.
 
-``export_merged`` reads a training checkpoint, rebuilds the model, calls its ``reparameterize()``
+``export_merged`` reads a training checkpoint (or an export directory such as ``side4video import``
+writes), rebuilds the model, calls its ``reparameterize()``
 and compares merged and unmerged outputs on random clips in float32 / eval mode. Only if they agree
 within ``atol`` does it write an export directory (``engine.checkpoint.write_export``), which
 ``load_model`` / ``load_exported`` read back.
@@ -38,9 +39,14 @@ def export_merged(
     more than ``atol`` on ``num_clips`` random clips.
     """
     checkpoint_path = Path(checkpoint_path)
-    ckpt = load_checkpoint(checkpoint_path, keys=MODEL_KEYS)
+    if checkpoint_path.is_dir():  # an export directory, e.g. an imported official checkpoint
+        model, ckpt = read_export(checkpoint_path)
+        ckpt["epoch"] = ckpt.get("source_epoch")
+    else:
+        ckpt = load_checkpoint(checkpoint_path, keys=MODEL_KEYS)
+        model = model_from_checkpoint(ckpt, checkpoint_path, pretrained)
     name = ckpt["model_name"]
-    model = model_from_checkpoint(ckpt, checkpoint_path, pretrained).float()
+    model = model.float()
     if not hasattr(model, "reparameterize"):
         raise TypeError(f"{checkpoint_path}: {name} ({type(model).__name__}) has no reparameterize() to merge")
     merged = model.reparameterize().eval()

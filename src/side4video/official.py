@@ -36,6 +36,8 @@ from torch import nn
 
 from .backbones.loading import convert_state_dict, load_backbone, vision_config_from_state_dict
 from .backbones.vit import BACKBONES, VisionConfig, build_vit
+from .engine.checkpoint import write_export
+from .engine.config import ModelConfig, TrainConfig, to_dict
 from .methods.zeroi2v import ADAPTER_POINTS, released_shift_groups
 from .models import build_model, make_config
 
@@ -73,6 +75,25 @@ def load_official(
 ) -> nn.Module:
     """Our model, in eval mode, from an official Side4Video, ST-Adapter or ZeroI2V checkpoint."""
     return convert_official(path, num_frames=num_frames, pretrained=pretrained, config=config).build()
+
+
+def import_official(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    num_frames: int | None = None,
+    pretrained: str | Path | None = None,
+    config: str | Path | None = None,
+) -> Path:
+    """Convert an official checkpoint and write it as an export directory (``load_model`` reads it)."""
+    converted = convert_official(path, num_frames=num_frames, pretrained=pretrained, config=config)
+    model = converted.build()
+    run = TrainConfig(model=ModelConfig(
+        name=converted.model_name, num_classes=model.cfg.num_classes, frames=model.cfg.num_frames,
+        image_size=converted.image_size, pretrained=None if pretrained is None else str(pretrained),
+    ))
+    return write_export(model, converted.model_name, out_dir, source_checkpoint=str(path),
+                        official_layout=converted.method, train_config=to_dict(run))
 
 
 def convert_official(
@@ -530,5 +551,8 @@ def _zeroi2v(path: Path, ckpt: dict, num_frames: int | None, config: str | Path 
     return _finish(path, "zeroi2v", model_name, cfg, state, vit_cfg.image_size)
 
 
-__all__ = ["Converted", "OfficialCheckpointError", "convert_official", "load_official", "random_state", "read_config"]
+__all__ = [
+    "Converted", "OfficialCheckpointError", "convert_official", "import_official", "load_official", "random_state",
+    "read_config",
+]
 
