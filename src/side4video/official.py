@@ -206,8 +206,8 @@ def _finish(
     return Converted(model_name, cfg, state, image_size, method, str(path))
 
 
-def _rename(path: Path, sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> StateDict:
-    """Rename every key by the first matching rule; a key no rule matches is an error."""
+def _rename(path: Path, sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]], prefix: str = "") -> StateDict:
+    """Rename every key by the first matching rule; a key no rule matches is an error (named with ``prefix``)."""
     compiled = [(re.compile(p), t) for p, t in rules]
     out: StateDict = {}
     for key, value in sd.items():
@@ -216,7 +216,7 @@ def _rename(path: Path, sd: Mapping[str, torch.Tensor], rules: list[tuple[str, s
                 out[m.expand(target)] = value
                 break
         else:
-            raise OfficialCheckpointError(f"{path}: unexpected key {key!r}")
+            raise OfficialCheckpointError(f"{path}: unexpected key {prefix + key!r}")
     return out
 
 
@@ -255,6 +255,15 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
         raise OfficialCheckpointError(f"{path}: 'fc.weight' has {fc.shape[1]} inputs; the side network is {width} wide")
 
     side_keys = {k for k in sd if k.startswith(("visual.side_", f"{side_prefix}side_")) or k.startswith("fc.")}
+    known = re.compile(
+        r"visual\.side_conv1\.(weight|bias)|visual\.side_pre_bn3d\.\w+|fc\.(weight|bias)"
+        + ("" if eva else r"|visual\.side_post_bn\.\w+")
+        + "|" + re.escape(side_prefix) + r"(side_spatial_position_embeddings|side_(linears|lns)\.\d+\.(weight|bias)"
+        + rf"|{blocks_name}\.\d+\..+)"
+    )
+    for key in sorted(side_keys):
+        if not known.fullmatch(key):
+            raise OfficialCheckpointError(f"{path}: unexpected key {key!r}")
     tower = {k: v for k, v in sd.items() if k not in side_keys}
     try:
         vit_cfg = vision_config_from_state_dict(tower, post_norm=True if eva else None)
@@ -285,7 +294,7 @@ def _side4video(path: Path, sd: StateDict, num_frames: int | None) -> Converted:
                 block[f"attn.in_proj_{part}"] = torch.cat(qkv)
                 for p in "qkv":
                     del block[f"attn.{p}_proj.{part}"]
-        for key, value in _rename(path, block, _S4V_BLOCK_RULES).items():
+        for key, value in _rename(path, block, _S4V_BLOCK_RULES, prefix).items():
             if key.startswith("temporal.pw") and key.endswith("weight"):
                 value = value.reshape(value.shape[0], value.shape[1])  # 1x1x1 conv -> Linear
             elif key == "temporal.dw.weight":
