@@ -7,6 +7,8 @@
     side4video models [--json]
     side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
     side4video export CKPT --out DIR
+    side4video import CKPT [--pretrained CLIP] [--frames T] [--config CFG] --out DIR
+    side4video zoo
     side4video demo [--output-dir DIR] [--keep-checkpoints]
     side4video plot RUN_DIR [--out PNG]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
@@ -23,7 +25,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import data, evaluate, search, serve, tools, train
+from . import data, evaluate, official, search, serve, tools, train
 
 DESCRIPTION = ("Memory-efficient image-to-video transfer learning on frozen CLIP / EVA-CLIP ViTs: train, evaluate, "
                "profile and compare Side4Video, ST-Adapter, ZeroI2V and baselines. "
@@ -37,6 +39,8 @@ COMMANDS: dict[str, Command] = {
     "models": (tools.add_models_parser, tools.run_models),
     "profile": (tools.add_profile_parser, tools.run_profile),
     "export": (tools.add_export_parser, tools.run_export),
+    "import": (official.add_import_parser, official.run_import),
+    "zoo": (official.add_zoo_parser, official.run_zoo),
     "demo": (tools.add_demo_parser, tools.run_demo),
     "plot": (tools.add_plot_parser, tools.run_plot),
     "search": (search.add_search_parser, search.run_search),
