@@ -48,6 +48,7 @@ from torch import nn
 from ..backbones.vit import BACKBONES
 from ..models import build_model
 from .config import TrainConfig, from_dict, to_dict
+from .defaults import inference_defaults
 from .paths import record_paths, resolve_paths
 
 CHECKPOINT_KEYS = (
@@ -250,10 +251,10 @@ def load_model(
         if not config.get("train_config"):
             raise ValueError(f"{path}: the export holds no training config ({CONFIG_FILE}: train_config)")
         cfg = from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
-        return model, resolve_paths(cfg, config.get("paths"), Path(path) / CONFIG_FILE)
+        return model, inference_defaults(resolve_paths(cfg, config.get("paths"), Path(path) / CONFIG_FILE))
     ckpt = load_checkpoint(path, keys=MODEL_KEYS)
     model = model_from_checkpoint(ckpt, path, pretrained).to(device)
     if not with_config:
         return model
     cfg = from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")
-    return model, resolve_paths(cfg, ckpt.get("paths"), path)
+    return model, inference_defaults(resolve_paths(cfg, ckpt.get("paths"), path))

@@ -103,6 +103,21 @@ def data_defaults(cfg: TrainConfig, num_train: int, world_size: int = 1) -> tupl
     return cfg, notes
 
 
+def inference_defaults(cfg: TrainConfig) -> TrainConfig:
+    """What evaluation needs of a config that no training resolved (an imported checkpoint's): the preset's
+    image size and frames, a batch of ``BATCH_SIZE`` and ``NUM_WORKERS`` loader workers (at most the cores)."""
+    preset = get_preset(cfg.model.name)
+    if cfg.model.image_size is None:
+        cfg = _replace(cfg, "model", image_size=BACKBONES[preset.config.backbone].image_size)
+    if cfg.model.frames is None:
+        cfg = _replace(cfg, "model", frames=preset.config.num_frames)
+    if cfg.optim.batch_size is None:
+        cfg = _replace(cfg, "optim", batch_size=BATCH_SIZE)
+    if cfg.data.num_workers is None:
+        cfg = _replace(cfg, "data", num_workers=min(NUM_WORKERS, cpu_cores()))
+    return cfg
+
+
 def size_warnings(cfg: TrainConfig, num_train: int, world_size: int = 1) -> list[str]:
     """What the run's sizes (given or chosen) do badly on this data."""
     out = []
