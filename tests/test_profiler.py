@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from side4video.backbones.vit import build_vit
-from side4video.profiler import count_macs, profile_model, saved_activation_bytes
+from side4video.profiler import MixedPrecision, count_macs, profile_model, saved_activation_bytes
 
 # (preset, classes, tunable params in M, GFLOPs for 8 frames x 3 views), Side4Video paper Tables 1-2.
 # The light B/16 is checked against its exact count, 4.4 M (the paper rounds it to 4 M).
@@ -63,12 +63,57 @@ def test_fused_attention_saves_no_n_by_n_matrix():
     assert all(s[-2:] != (50, 50) for s in saved)
 
 
-def test_activation_bytes_scale_with_batch_and_training_memory_adds_optimizer_state():
-    small = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=2, device="meta")
-    large = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=4, device="meta")
+def test_memory_breakdown_and_activations_scale_with_batch():
+    small = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=2, precision="fp32")
+    large = profile_model("side4video-tiny", num_classes=4, frames=4, batch_size=4, precision="fp32")
     assert large.activation_bytes == pytest.approx(2 * small.activation_bytes, rel=0.01)
-    weights = 4 * small.total_params
-    assert small.train_memory_bytes >= small.activation_bytes + weights + 3 * 4 * small.tunable_params
+    assert small.weight_bytes == pytest.approx(4 * small.total_params, rel=0.01)  # + BatchNorm buffers
+    assert small.grad_bytes == 4 * small.tunable_params
+    assert small.optimizer_bytes == pytest.approx(8 * small.tunable_params, rel=0.01)  # + AdamW step counters
+    persistent = small.weight_bytes + small.optimizer_bytes + small.input_bytes
+    assert persistent + small.activation_bytes <= small.train_memory_bytes
+    assert small.train_memory_bytes <= persistent + small.grad_bytes + 1.5 * small.activation_bytes
+
+
+# Presets and precisions where a real CPU training step allocates only tensors (no kernel workspaces that
+# a CUDA prediction could not know of); see the README's profiler section for bf16 convolutions on CPU.
+@pytest.mark.parametrize(("name", "precision"), [
+    ("side4video-tiny", "fp32"),
+    ("st-adapter-tiny", "fp32"),
+    ("zeroi2v-tiny", "fp32"),
+    ("st-adapter-tiny", "bf16-mixed"),
+])
+def test_prediction_within_10_percent_of_the_cpu_allocator_peak(name, precision):
+    prof = profile_model(name, num_classes=4, frames=2, batch_size=1, image_size=64, device="cpu",
+                         precision=precision, steps=0)
+    assert prof.measured_peak_bytes > prof.weight_bytes + prof.optimizer_bytes
+    assert abs(prof.prediction_error) <= 0.10
+
+
+def test_bf16_mixed_halves_the_side_networks_activations():
+    kw = dict(num_classes=174, frames=8, batch_size=2)
+    fp32 = profile_model("side4video-b16-light", precision="fp32", **kw)
+    bf16 = profile_model("side4video-b16-light", precision="bf16-mixed", **kw)
+    assert bf16.weight_bytes == fp32.weight_bytes  # the same float32 weights, gradients and AdamW state
+    assert bf16.optimizer_bytes == fp32.optimizer_bytes
+    assert 0.4 * fp32.activation_bytes < bf16.activation_bytes < 0.85 * fp32.activation_bytes
+
+
+def test_mixed_precision_follows_cuda_autocast_rules():
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(6, 8, requires_grad=True)
+    with MixedPrecision(torch.bfloat16):
+        y = F.linear(x, w)
+        assert y.dtype == torch.bfloat16
+        assert F.layer_norm(y, (6,)).dtype == torch.float32  # CUDA autocast runs norms in float32
+        assert y.softmax(-1).dtype == torch.float32
+        assert (y + 1).dtype == torch.bfloat16
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            F.linear(x, w) @ F.linear(x, w).t()
+    # the trainable weight is cast once per region (autocast's cache), the input once per use
+    casts = [t for t in saved if t.dtype == torch.bfloat16 and t.numel() == w.numel()]  # W^T views
+    assert len({t.untyped_storage()._cdata for t in casts}) == 1
 
 
 def test_e14_light_profiles_on_meta():
@@ -97,8 +142,8 @@ def test_zeroi2v_merge_removes_exactly_the_adapters():
 
 def test_side4video_light_needs_under_a_third_of_st_adapters_training_memory():
     # Side4Video Table 2 (ViT-B/16, 8 frames, batch 32): 8.9 G vs 28.8 G
-    side = profile_model("side4video-b16-light", num_classes=174, frames=8, batch_size=32, device="meta")
-    adapter = profile_model("st-adapter-b16", num_classes=174, frames=8, batch_size=32, device="meta")
+    side = profile_model("side4video-b16-light", num_classes=174, frames=8, batch_size=32, precision="fp32")
+    adapter = profile_model("st-adapter-b16", num_classes=174, frames=8, batch_size=32, precision="fp32")
     assert side.train_memory_bytes <= 0.31 * adapter.train_memory_bytes
 
 
