@@ -4,7 +4,7 @@
     side4video eval --checkpoint CKPT [--val-list F --data-root DIR] [--views 3x2] [--json]
     side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
     side4video check-data --list F --data-root DIR
-    side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
+    side4video profile MODEL [--frames T --batch-size B --device meta|cpu|cuda --precision P --merged --json]
     side4video export CKPT --out DIR
     side4video demo [--output-dir DIR]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
@@ -223,25 +223,35 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--device", default="meta", choices=["meta", "cpu", "cuda"])
     p.add_argument("--merged", action="store_true", help="profile ZeroI2V after re-parameterisation")
+    p.add_argument("--precision", choices=["fp32", "bf16-mixed", "fp16-mixed"],
+                   help="training precision (default: what training uses on --device: fp32 on CPU, else bf16-mixed)")
+    p.add_argument("--checkpoint-parts", action="store_true",
+                   help="Side4Video: activation checkpointing of every side-block part")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from .profiler import profile_model
 
+    overrides = {"checkpoint_parts": True} if args.checkpoint_parts else {}
     prof = profile_model(args.model, num_classes=args.num_classes, frames=args.frames, batch_size=args.batch_size,
-                         image_size=args.image_size, device=args.device, merged=args.merged)
+                         image_size=args.image_size, device=args.device, merged=args.merged, precision=args.precision,
+                         **overrides)
     if args.json:
         print(json.dumps(prof.to_dict()))
         return 0
     gib = 1024**3
-    print(f"{prof.model} on {prof.backbone}, {prof.frames} frames at {prof.image_size}px, batch {prof.batch_size}")
+    print(f"{prof.model} on {prof.backbone}, {prof.frames} frames at {prof.image_size}px, batch {prof.batch_size}, "
+          f"{prof.precision}")
     print(f"  parameters        {prof.total_params / 1e6:10.2f} M total, {prof.tunable_params / 1e6:.2f} M tunable")
     print(f"  GFLOPs per view   {prof.gflops_per_view:10.2f}")
-    print(f"  activations       {prof.activation_bytes / gib:10.2f} GiB saved for backward")
-    print(f"  training memory   {prof.train_memory_bytes / gib:10.2f} GiB (activations + weights + grads + AdamW)")
-    if prof.cuda_peak_bytes is not None:
-        print(f"  CUDA peak         {prof.cuda_peak_bytes / gib:10.2f} GiB, {prof.step_time_s:.3f} s per step")
+    print(f"  weights           {prof.weight_bytes / gib:10.2f} GiB (+ gradients {prof.grad_bytes / gib:.2f}, "
+          f"AdamW {prof.optimizer_bytes / gib:.2f}, batch {prof.input_bytes / gib:.2f})")
+    print(f"  activations       {prof.activation_bytes / gib:10.2f} GiB kept for backward")
+    print(f"  training memory   {prof.train_memory_bytes / gib:10.2f} GiB predicted peak of a training step")
+    if prof.measured_peak_bytes is not None:
+        print(f"  measured peak     {prof.measured_peak_bytes / gib:10.2f} GiB on {args.device} "
+              f"(prediction {100 * prof.prediction_error:+.1f} %), {prof.step_time_s:.3f} s per step")
     return 0
 
 

@@ -66,19 +66,19 @@ class Profile:
     total_params: int
     tunable_params: int
     gflops_per_view: float
-    weight_bytes: int
-    grad_bytes: int
-    optimizer_bytes: int
-    input_bytes: int
-    activation_bytes: int
-    train_memory_bytes: int
+    weight_bytes: int | None = None
+    grad_bytes: int | None = None
+    optimizer_bytes: int | None = None
+    input_bytes: int | None = None
+    activation_bytes: int | None = None
+    train_memory_bytes: int | None = None
     measured_peak_bytes: int | None = None
     step_time_s: float | None = None
 
     @property
     def prediction_error(self) -> float | None:
         """Predicted / measured peak - 1 (None without a measurement)."""
-        if self.measured_peak_bytes is None:
+        if self.measured_peak_bytes is None or self.train_memory_bytes is None:
             return None
         return self.train_memory_bytes / self.measured_peak_bytes - 1
 
@@ -264,17 +264,37 @@ class MixedPrecision(TorchFunctionMode):
         self._cache.clear()
         return super().__exit__(*exc)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def cast(self, func, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``func``'s arguments as autocast would pass them."""
         if func in _LOWER_PRECISION:
-            args, kwargs = tree_map(_cast(self.dtype, self._cache), (args, kwargs))
-        elif func in _FLOAT32:
-            args, kwargs = tree_map(_cast(torch.float32), (args, kwargs))
-        elif func in _FLOAT32_OUTPUT and kwargs.get("dtype") is None:
+            return tree_map(_cast(self.dtype, self._cache), (args, kwargs))
+        if func in _FLOAT32:
+            return tree_map(_cast(torch.float32), (args, kwargs))
+        if func in _FLOAT32_OUTPUT and kwargs.get("dtype") is None:
             x = args[0] if args else kwargs.get("input")
             if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16):
-                kwargs = {**kwargs, "dtype": torch.float32}
+                return args, {**kwargs, "dtype": torch.float32}
+        return args, kwargs
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        args, kwargs = self.cast(func, args, kwargs or {})
         return func(*args, **kwargs)
+
+
+class _SimulatedForward(TorchFunctionMode):
+    """``MixedPrecision`` (when ``dtype`` is given) and ``FusedAttention`` as one mode: a checkpointed
+    part's recomputation can restore only one."""
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.precision = MixedPrecision(dtype) if dtype is not None else None
+        self.attention = FusedAttention()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.precision is not None:
+            args, kwargs = self.precision.cast(func, args, kwargs)
+        return self.attention.__torch_function__(func, types, args, kwargs)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -287,12 +307,30 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast("cuda", dtype=dtype) if device.type == "cuda" else MixedPrecision(dtype)
 
 
-def _recompute_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``MixedPrecision`` again for the backward, so that checkpointed parts recompute with the forward's
-    casts (``torch.utils.checkpoint`` restores ``torch.autocast`` by itself, not a function mode)."""
-    if precision == "fp32" or device.type == "cuda":
-        return contextlib.nullcontext()
-    return MixedPrecision(_AUTOCAST_DTYPES[precision])
+def _forward_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The precision of a training forward (``autocast``), off CUDA with attention run as the fused kernel."""
+    context = autocast(precision, device)
+    return context if device.type == "cuda" else _SimulatedForward(_AUTOCAST_DTYPES.get(precision))
+
+
+@contextlib.contextmanager
+def _recompute_like_forward(precision: str, device: torch.device):
+    """Recompute checkpointed parts under the forward's function modes (``MixedPrecision``, ``FusedAttention``).
+
+    ``torch.utils.checkpoint`` restores ``torch.autocast`` for its recomputation by itself, but the backward
+    runs without the forward's function modes; its ``context_fn`` default brings them back meanwhile.
+    """
+    import torch.utils.checkpoint as ckpt
+
+    fn = ckpt.checkpoint
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    saved = dict(fn.__kwdefaults__)
+    fn.__kwdefaults__["context_fn"] = lambda: (contextlib.nullcontext(), _forward_context(precision, device))
+    try:
+        yield
+    finally:
+        fn.__kwdefaults__.update(saved)
 
 
 @dataclass
@@ -312,13 +350,11 @@ def _tensors(obj) -> list[torch.Tensor]:
 
 
 def _optimizer(model: nn.Module, foreach: bool | None) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters with its state allocated (as after the first step)."""
+    """AdamW over the trainable parameters with its state allocated, as after the first step."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, foreach=foreach)
     for p in params:
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+        opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
     return opt
 
 
@@ -346,12 +382,11 @@ def simulate_training_step(
     inputs = storage_bytes(_tensors(batch))
     held = storage_bytes(p.grad for p in params if p.grad is not None)
     model.train()
-    with LiveBytes() as live:
-        with autocast(precision, batch[0].device), FusedAttention():
+    with LiveBytes() as live, _recompute_like_forward(precision, batch[0].device):
+        with _forward_context(precision, batch[0].device):
             loss = loss_fn(model, *batch)
         activations = live.current
-        with _recompute_context(precision, batch[0].device):
-            loss.backward()
+        loss.backward()
         del loss
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -370,12 +405,13 @@ def measure_training_step(
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16-mixed")
+    emulated = not cuda  # function modes, to be restored for recomputation
     model.train()
 
     def step() -> None:
-        with autocast(precision, device):
-            loss = loss_fn(model, *batch)
-        with _recompute_context(precision, device):
+        with _recompute_like_forward(precision, device) if emulated else contextlib.nullcontext():
+            with _forward_context(precision, device):
+                loss = loss_fn(model, *batch)
             scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -495,6 +531,7 @@ def profile_model(
     merged: bool = False,
     precision: str | None = None,
     steps: int = 3,
+    memory: bool = True,
     **overrides,
 ) -> Profile:
     """Profile preset ``name`` (see the module docstring for what each number means).
@@ -502,7 +539,8 @@ def profile_model(
     The prediction always runs on the meta device; with ``device`` ``cpu`` or ``cuda`` the preset is
     also trained there for ``steps`` timed steps and one measured one, giving ``step_time_s`` and
     ``measured_peak_bytes``.
-    ``precision`` defaults to what training uses on ``device`` (``default_precision``).
+    ``precision`` defaults to what training uses on ``device`` (``default_precision``). With ``memory``
+    False only parameters and FLOPs are counted.
     """
     dev = torch.device(device)
     precision = precision or default_precision(dev)
@@ -510,8 +548,6 @@ def profile_model(
     s = _setup(name, torch.device("meta"), *args)
     total, tunable = count_params(s.model)
     macs = count_macs(s.model, s.encode)
-    # AdamW's default implementation: foreach on CUDA (meta stands in for it), per tensor on CPU
-    mem = simulate_training_step(s.model, s.batch, s.loss_fn, precision, foreach=dev.type != "cpu")
     prof = Profile(
         model=name,
         backbone=s.model.cfg.backbone,
@@ -522,13 +558,13 @@ def profile_model(
         total_params=total,
         tunable_params=tunable,
         gflops_per_view=round(macs / 1e9, 2),
-        weight_bytes=mem.weights,
-        grad_bytes=mem.grads,
-        optimizer_bytes=mem.optimizer,
-        input_bytes=mem.inputs,
-        activation_bytes=mem.activations,
-        train_memory_bytes=mem.peak,
     )
+    if not memory:
+        return prof
+    # AdamW's default implementation: foreach on CUDA (meta stands in for it), per tensor on CPU
+    mem = simulate_training_step(s.model, s.batch, s.loss_fn, precision, foreach=dev.type != "cpu")
+    prof.weight_bytes, prof.grad_bytes, prof.optimizer_bytes = mem.weights, mem.grads, mem.optimizer
+    prof.input_bytes, prof.activation_bytes, prof.train_memory_bytes = mem.inputs, mem.activations, mem.peak
     if dev.type != "meta":
         real = _setup(name, dev, *args)
         seconds, prof.measured_peak_bytes = measure_training_step(
