@@ -28,6 +28,7 @@ beside the prediction at the same precision.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import weakref
@@ -360,13 +361,14 @@ def _optimizer(model: nn.Module, foreach: bool | None) -> torch.optim.AdamW:
 
 def simulate_training_step(
     model: nn.Module,
-    batch: tuple,
-    loss_fn: Callable,
+    batch: dict,
+    loss_fn: Callable[[], torch.Tensor],
     precision: str = "fp32",
     foreach: bool | None = None,
     hold_grads: bool = False,
 ) -> StepMemory:
-    """Memory of one AdamW training step of ``model`` on ``batch``, counted by ``LiveBytes``.
+    """Memory of one AdamW training step of ``model`` (``loss_fn()``: its loss on ``batch``), counted by
+    ``LiveBytes``.
 
     ``foreach`` picks AdamW's implementation (CUDA's default is the foreach one, whose temporaries
     span all parameters at once). With ``hold_grads`` the gradients exist before the forward, as in
@@ -381,10 +383,11 @@ def simulate_training_step(
     state = storage_bytes(_tensors(list(opt.state.values())))
     inputs = storage_bytes(_tensors(batch))
     held = storage_bytes(p.grad for p in params if p.grad is not None)
+    device = _tensors(batch)[0].device
     model.train()
-    with LiveBytes() as live, _recompute_like_forward(precision, batch[0].device):
-        with _forward_context(precision, batch[0].device):
-            loss = loss_fn(model, *batch)
+    with LiveBytes() as live, _recompute_like_forward(precision, device):
+        with _forward_context(precision, device):
+            loss = loss_fn()
         activations = live.current
         loss.backward()
         del loss
@@ -395,13 +398,13 @@ def simulate_training_step(
 
 
 def measure_training_step(
-    model: nn.Module, batch: tuple, loss_fn: Callable, precision: str = "fp32", steps: int = 3
+    model: nn.Module, batch: dict, loss_fn: Callable[[], torch.Tensor], precision: str = "fp32", steps: int = 3
 ) -> tuple[float | None, int]:
     """Seconds per real AdamW training step over ``steps`` timed steps (None for 0) after a warm-up step,
     and the allocator's peak bytes of one more step: on CUDA ``max_memory_allocated``; elsewhere the bytes
     alive before the step (weights, AdamW state, batch) plus the highest running sum of
     ``torch.profiler``'s allocation events during it."""
-    device = batch[0].device
+    device = _tensors(batch)[0].device
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16-mixed")
@@ -411,7 +414,7 @@ def measure_training_step(
     def step() -> None:
         with _recompute_like_forward(precision, device) if emulated else contextlib.nullcontext():
             with _forward_context(precision, device):
-                loss = loss_fn(model, *batch)
+                loss = loss_fn()
             scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -443,29 +446,11 @@ def measure_training_step(
     return seconds, before + peak
 
 
-def _recognition_loss(model: nn.Module, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(video), labels)
-
-
-def _retrieval_loss(model: nn.Module, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return model(video, ids, mask)
-
-
-def _captions(model: nn.Module, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``(B, L)`` of full-length captions ending in the EOT token, and their mask."""
-    text = model.text.cfg
-    length = model.cfg.text_length
-    eot = text.eot_token_id if text.eot_token_id is not None else text.vocab_size - 1
-    ids = torch.randint(1, eot, (batch, length), device=device)
-    ids[:, -1] = eot
-    return ids, torch.ones(batch, length, dtype=torch.long, device=device)
-
-
 @dataclass
 class _Setup:
     model: nn.Module
-    batch: tuple
-    loss_fn: Callable
+    batch: dict
+    loss_fn: Callable[[], torch.Tensor]  # the task's training loss on ``batch``
     encode: Callable[[], object]  # the forward whose FLOPs are reported: one clip
 
 
@@ -473,16 +458,12 @@ def _setup(
     name: str, dev: torch.device, num_classes: int, frames: int, batch_size: int, image_size: int | None,
     merged: bool, overrides: dict,
 ) -> _Setup:
-    """Preset ``name`` built on ``dev``, a training batch and its loss.
-
-    Recognition models see a clip and its label; retrieval models a clip and a caption of
-    ``text_length`` tokens, and their FLOPs are those of encoding one clip.
-    """
+    """Preset ``name`` built on ``dev``, its task's example training batch and loss."""
     from .models import create_model, get_preset
 
     overrides = dict(overrides)
-    retrieval = get_preset(name).task == "retrieval"
-    if not retrieval:
+    task = get_preset(name).task
+    if "num_classes" in {f.name for f in dataclasses.fields(get_preset(name).config)}:
         overrides["num_classes"] = num_classes
     with dev:
         model = create_model(name, num_frames=frames, image_size=image_size, **overrides)
@@ -496,13 +477,12 @@ def _setup(
         return torch.randn(batch, 3, frames, size, size, device=dev)
 
     one = clip(1)
-    video = clip(batch_size)
-    if retrieval:
-        batch, loss_fn = (video, *_captions(model, batch_size, dev)), _retrieval_loss
-    else:
-        batch, loss_fn = (video, torch.zeros(batch_size, dtype=torch.long, device=dev)), _recognition_loss
-    encode = (lambda: model.encode_video(one)) if retrieval else (lambda: model(one))
-    return _Setup(model, batch, loss_fn, encode)
+    batch = task.example_batch(model, clip(batch_size))
+
+    def loss_fn() -> torch.Tensor:
+        return task.loss(model, batch, dev)[0]
+
+    return _Setup(model, batch, loss_fn, lambda: task.encode(model, one))
 
 
 def predict_memory(
