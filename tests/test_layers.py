@@ -1,10 +1,13 @@
-"""The fused LayerNorm + Linear: autograd's gradients, and only the input kept for backward."""
+"""Memory savings: the fused LayerNorm + Linear (autograd's gradients, only its input kept for backward) and
+side-network checkpointing leave Side4Video's gradients unchanged."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from side4video.methods.layers import layer_norm_linear
+from side4video.models import create_model
 from side4video.profiler import MixedPrecision, saved_activation_bytes
 
 
@@ -73,3 +76,20 @@ def test_tensor_shape_and_no_bias():
     y.sum().backward()
     assert z.grad.shape == z.shape
     assert proj.bias.grad is None
+
+
+@pytest.mark.parametrize("saving", [{"fused_down_projection": True}, {"checkpoint_parts": True}])
+def test_side4video_gradients_unchanged_by_each_saving(saving):
+    def grads(**cfg):
+        torch.manual_seed(0)
+        cfg = {"fused_down_projection": False, **cfg}
+        model = create_model("side4video-tiny", num_classes=3, num_frames=2, image_size=64, **cfg).train()
+        torch.manual_seed(1)
+        video = torch.randn(2, 3, 2, 64, 64)
+        F.cross_entropy(model(video), torch.tensor([0, 2])).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ref, got = grads(), grads(**saving)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
