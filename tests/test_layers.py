@@ -93,3 +93,19 @@ def test_side4video_gradients_unchanged_by_each_saving(saving):
     assert ref.keys() == got.keys()
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_frozen_backbone_matches_float32_and_halves_its_weights():
+    torch.manual_seed(0)
+    ref = create_model("side4video-tiny", num_classes=3, num_frames=2, image_size=64).eval()
+    bf16 = create_model("side4video-tiny", num_classes=3, num_frames=2, image_size=64, backbone_dtype="bfloat16")
+    bf16.load_state_dict(ref.state_dict())
+    bf16.eval().keep_frozen_weights("cpu")
+    assert ref.keep_frozen_weights("cpu").backbone.conv1.weight.dtype == torch.float32  # auto: fp32 off CUDA
+    assert bf16.backbone.conv1.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.parameters() if p.requires_grad)
+    video = torch.randn(2, 3, 2, 64, 64)
+    torch.testing.assert_close(bf16(video), ref(video), rtol=0.05, atol=0.05)
+    weights = sum(p.numel() for p in ref.backbone.parameters())
+    ref_bytes = sum(p.nbytes for p in ref.parameters())
+    assert ref_bytes - sum(p.nbytes for p in bf16.parameters()) == 2 * weights

@@ -455,10 +455,11 @@ class _Setup:
 
 
 def _setup(
-    name: str, dev: torch.device, num_classes: int, frames: int, batch_size: int, image_size: int | None,
-    merged: bool, overrides: dict,
+    name: str, dev: torch.device, target: torch.device, num_classes: int, frames: int, batch_size: int,
+    image_size: int | None, merged: bool, overrides: dict,
 ) -> _Setup:
-    """Preset ``name`` built on ``dev``, its task's example training batch and loss."""
+    """Preset ``name`` built on ``dev`` with its frozen weights as training keeps them on ``target``, its
+    task's example training batch and loss."""
     from .models import create_model, get_preset
 
     overrides = dict(overrides)
@@ -471,6 +472,7 @@ def _setup(
             if not hasattr(model, "reparameterize"):
                 raise ValueError(f"--merged applies to models with reparameterize(); {name} has none")
             model = model.reparameterize()
+    model.keep_frozen_weights(target)
     size = model.backbone.cfg.image_size
 
     def clip(batch: int) -> torch.Tensor:
@@ -497,7 +499,8 @@ def predict_memory(
     **overrides,
 ) -> StepMemory:
     """Memory of one CUDA training step of preset ``name``, simulated on the meta device."""
-    s = _setup(name, torch.device("meta"), num_classes, frames, batch_size, image_size, merged, overrides)
+    s = _setup(name, torch.device("meta"), torch.device("cuda"), num_classes, frames, batch_size, image_size,
+               merged, overrides)
     return simulate_training_step(s.model, s.batch, s.loss_fn, precision, foreach=True, hold_grads=hold_grads)
 
 
@@ -525,7 +528,8 @@ def profile_model(
     dev = torch.device(device)
     precision = precision or default_precision(dev)
     args = (num_classes, frames, batch_size, image_size, merged, overrides)
-    s = _setup(name, torch.device("meta"), *args)
+    target = torch.device("cuda") if dev.type == "meta" else dev  # meta stands in for a GPU
+    s = _setup(name, torch.device("meta"), target, *args)
     total, tunable = count_params(s.model)
     macs = count_macs(s.model, s.encode)
     prof = Profile(
@@ -546,7 +550,7 @@ def profile_model(
     prof.weight_bytes, prof.grad_bytes, prof.optimizer_bytes = mem.weights, mem.grads, mem.optimizer
     prof.input_bytes, prof.activation_bytes, prof.train_memory_bytes = mem.inputs, mem.activations, mem.peak
     if dev.type != "meta":
-        real = _setup(name, dev, *args)
+        real = _setup(name, dev, target, *args)
         seconds, prof.measured_peak_bytes = measure_training_step(
             real.model, real.batch, real.loss_fn, precision, steps)
         prof.step_time_s = None if seconds is None else round(seconds, 4)

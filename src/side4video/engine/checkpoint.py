@@ -249,7 +249,7 @@ def load_model(
             raise ValueError(f"{path}: the export holds no training config ({CONFIG_FILE}: train_config)")
         return model, from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
     ckpt = load_checkpoint(path, keys=MODEL_KEYS)
-    model = model_from_checkpoint(ckpt, path, pretrained).to(device)
+    model = model_from_checkpoint(ckpt, path, pretrained).to(device).keep_frozen_weights(device)
     if not with_config:
         return model
     return model, from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")

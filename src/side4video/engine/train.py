@@ -224,7 +224,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     seed_everything(cfg.run.seed)  # identical initial weights on every rank
-    model = make_model(cfg).to(device)
+    model = make_model(cfg).to(device).keep_frozen_weights(device)
     params = [p for p in model.parameters() if p.requires_grad]
     ddp_model = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
