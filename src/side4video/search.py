@@ -16,7 +16,7 @@ remembered (with the reason) in the same way and reported on every query, never 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,6 @@ def load_retrieval_model(
     checkpoint: str | os.PathLike, device: str | torch.device = "cpu", tokenizer: str | None = None
 ) -> tuple[nn.Module, TrainConfig, ClipTokenizer]:
     """A retrieval checkpoint's model (eval mode), run config and tokenizer (``tokenizer`` or the run's)."""
-    from .backbones.tokenizer import load_tokenizer
     from .engine.checkpoint import load_model
     from .methods.retrieval import TextVideoModel
 
@@ -108,10 +107,26 @@ def load_retrieval_model(
     if not isinstance(model, TextVideoModel):
         raise ValueError(f"{checkpoint} holds {cfg.model.name}, a {type(model).__name__}, not a text-video "
                          "retrieval model")
+    return model, cfg, run_tokenizer(checkpoint, cfg, tokenizer)
+
+
+def run_tokenizer(checkpoint: str | os.PathLike, cfg: TrainConfig, tokenizer: str | None = None) -> ClipTokenizer:
+    """The tokenizer ``tokenizer``, else the one the retrieval run ``cfg`` (of ``checkpoint``) was trained with."""
+    from .backbones.tokenizer import load_tokenizer
+
     path = tokenizer or cfg.data.tokenizer
     if path is None:
         raise ValueError(f"{checkpoint}: its run names no tokenizer; pass one (tokenizer.json, ...)")
-    return model, cfg, load_tokenizer(path)
+    return load_tokenizer(path)
+
+
+def video_dataset(cfg: TrainConfig, paths: Sequence[str]) -> VideoOnlyDataset:
+    """The clips of ``paths`` as the model of run ``cfg`` encodes them for search (evaluation's reading)."""
+    from .data import AugmentConfig
+
+    augment = AugmentConfig(**cfg.data.augment)
+    return VideoOnlyDataset(paths, None, num_frames=cfg.model.frames, image_size=cfg.model.image_size, train=False,
+                            mean=augment.mean, std=augment.std)
 
 
 @torch.no_grad()
@@ -122,21 +137,20 @@ def encode_videos(
     cache: EmbeddingCache | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    report: Callable[[int, int], None] | None = None,
 ) -> VideoIndex:
     """Embeddings of ``paths`` (absolute); only the videos without a current cache entry are decoded and
-    encoded, and the cache (if any) is saved with them."""
-    from .data import AugmentConfig
-
+    encoded, and the cache (if any) is saved with them. ``report(done, total)`` is called before the first
+    and after every batch with the number of videos to encode."""
     device = next(model.parameters()).device
     model.eval()
     stamps = {p: file_stamp(p) for p in paths}
     found = {p: cache.get(p, stamps[p]) for p in paths} if cache is not None else dict.fromkeys(paths)
     todo = [p for p in paths if found[p] is None]
+    if report is not None:
+        report(0, len(todo))
     if todo:
-        augment = AugmentConfig(**cfg.data.augment)
-        dataset = VideoOnlyDataset(todo, None, num_frames=cfg.model.frames, image_size=cfg.model.image_size,
-                                   train=False,
-                                   mean=augment.mean, std=augment.std)
+        dataset = video_dataset(cfg, todo)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_captions)
         if progress:
             from tqdm import tqdm
@@ -145,11 +159,12 @@ def encode_videos(
         for batch in loader:
             for bad in batch["bad"]:
                 found[todo[bad.index]] = {"error": f"{bad.kind}: {bad.reason}"}
-            if batch["video"] is None:
-                continue
-            emb = model.encode_video(batch["video"].to(device)).float().cpu()  # (B, T, E) or (B, E)
-            for i, e in zip(batch["video_index"].tolist(), emb, strict=True):
-                found[todo[i]] = {"embedding": e.clone()}
+            if batch["video"] is not None:
+                emb = model.encode_video(batch["video"].to(device)).float().cpu()  # (B, T, E) or (B, E)
+                for i, e in zip(batch["video_index"].tolist(), emb, strict=True):
+                    found[todo[i]] = {"embedding": e.clone()}
+            if report is not None:
+                report(sum(found[p] is not None for p in todo), len(todo))
         if cache is not None:
             for p in todo:
                 cache.put(p, stamps[p], **found[p])

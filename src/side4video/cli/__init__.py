@@ -10,6 +10,7 @@
     side4video demo [--output-dir DIR]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
     side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
+    side4video serve --checkpoint CKPT [--checkpoint CKPT] [--videos DIR] [--port 8000]
 
 Each command is a pair of functions in a module of this package: one registers its flags, one runs it
 with the parsed arguments and returns the exit code; ``COMMANDS`` lists the pairs.
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import data, evaluate, search, tools, train
+from . import data, evaluate, search, serve, tools, train
 
 Command = tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
@@ -35,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "demo": (tools.add_demo_parser, tools.run_demo),
     "search": (search.add_search_parser, search.run_search),
     "embed": (search.add_embed_parser, search.run_embed),
+    "serve": (serve.add_parser, serve.run),
 }
 
 

@@ -165,10 +165,19 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return Path(resume)
 
 
+def run_setting(ckpt: dict[str, Any], group: str, key: str) -> Any:
+    """A value of the run's saved ``train_config``, grouped (``{"model": {"image_size": ...}}``) or from an
+    older, flat layout (``{"image_size": ...}``); None when absent."""
+    train_config = ckpt.get("train_config") or {}
+    section = train_config.get(group)
+    if isinstance(section, dict) and key in section:
+        return section[key]
+    return train_config.get(key)
+
+
 def image_size_of(ckpt: dict[str, Any], backbone: str) -> int | None:
     """The run's input resolution: its ``train_config``, else the saved positional embedding ``(1 + g*g, D)``."""
-    train_config = ckpt.get("train_config") or {}
-    size = (train_config.get("model") or {}).get("image_size") or train_config.get("image_size")
+    size = run_setting(ckpt, "model", "image_size")
     if size is not None:
         return int(size)
     pos = ckpt["model"].get("backbone.positional_embedding")
@@ -195,8 +204,7 @@ def model_from_checkpoint(
         absent = build_model(name, cfg, image_size=image_size).state_dict().keys() - state.keys()
     if not absent:
         return materialise(name, cfg, state, image_size)
-    train_config = ckpt.get("train_config") or {}
-    pretrained = pretrained or (train_config.get("model") or {}).get("pretrained") or train_config.get("pretrained")
+    pretrained = pretrained or run_setting(ckpt, "model", "pretrained")
     if pretrained is None:
         raise ValueError(f"{source}: the checkpoint lacks {len(absent)} weights (e.g. {sorted(absent)[:3]}) "
                          "and no pretrained backbone file was given to supply the frozen ones")
