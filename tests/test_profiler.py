@@ -150,7 +150,7 @@ def test_side4video_light_needs_under_a_third_of_st_adapters_training_memory():
 
 
 def test_retrieval_presets_profile_and_side4video_sits_between_frozen_and_full_clip4clip():
-    kw = dict(frames=12, batch_size=4, device="meta")
+    kw = dict(frames=4, batch_size=2, device="meta")
     full = profile_model("clip4clip-b16", **kw)
     frozen = profile_model("clip4clip-frozen-b16", **kw)
     side = profile_model("side4video-retrieval-b16", **kw)
