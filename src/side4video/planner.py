@@ -112,6 +112,9 @@ def plan(
     preset = get_preset(name)
     frames = frames or preset.config.num_frames
     budget = usable_bytes(gpu_memory)
+    if budget <= 0:
+        raise ValueError(f"a {gpu_memory / 2**30:.2f} GiB GPU leaves nothing once {CONTEXT_BYTES / 2**30:.0f} GiB "
+                         f"(CUDA context) and {100 * ALLOCATOR_FRACTION:.0f} % (allocator) are kept free")
     choices = [False, True] if hasattr(preset.config, "checkpoint_parts") else [False]
     if getattr(preset.config, "checkpoint_parts", False):
         choices = [True]  # the preset always checkpoints (E/14)
