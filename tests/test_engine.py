@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from side4video.engine.checkpoint import atomic_save, load_checkpoint, load_model
+from side4video.atomic import atomic_save
+from side4video.engine.checkpoint import load_checkpoint, load_model
 from side4video.engine.config import ConfigError, TrainConfig, make_config, replace, resolve_config
 from side4video.engine.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups
 from side4video.engine.recognition import predict_views

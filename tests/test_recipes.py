@@ -141,9 +141,12 @@ def test_zeroi2v_recipe(stem):
     net = build_on_meta(cfg)
     scales = {m.scale for m in net.modules() if isinstance(m, LinearAdapter)}
     assert scales == {0.5 if kinetics else 1.0}
-    assert len([m for m in net.modules() if isinstance(m, LinearAdapter)]) == 4 * len(net.backbone.blocks)
-    temporal = (1, -1) if stem.endswith("b16") else (1, 1, -1, -1)  # 8 frames: the same in both tables
-    assert net.head_offsets == temporal + (0,) * (len(net.head_offsets) - len(temporal))
+    per_block = 6 if stem == "ssv2_zeroi2v-b16" else 4  # the paper's separate q, k, v adapters for this one
+    assert len([m for m in net.modules() if isinstance(m, LinearAdapter)]) == per_block * len(net.backbone.blocks)
+    head = net.backbone.width // net.backbone.cfg.heads
+    temporal = (-1, 1) if stem.endswith("b16") else (-1, -1, 1, 1)  # 8 frames: released direction, both tables
+    assert net.shift_groups[: len(temporal)] == tuple((o, head) for o in temporal)
+    assert all(o == 0 for o, _ in net.shift_groups[len(temporal):])
     if kinetics:  # 8 frames 16 apart, no label smoothing; 3 temporal x 1 spatial views
         assert (d.sampling, d.frame_interval, o.label_smoothing) == ("dense", 16, 0.0)
         assert (e.test_crops, e.test_clips, aug.flip_label_pairs) == (1, 3, ())

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from side4video import load_model
+from side4video.atomic import atomic_save
 from side4video.backbones.tokenizer import load_tokenizer
 from side4video.cli import main
 from side4video.data.synthetic import motion_clip, write_video
 from side4video.data.synthetic_captions import make_captioned_dataset, paraphrases, write_caption_tokenizer
-from side4video.engine.checkpoint import atomic_save, make_checkpoint
+from side4video.engine.checkpoint import make_checkpoint
 from side4video.engine.config import TrainConfig, make_config
 from side4video.engine.predict import predict_videos
 from side4video.models import create_model
@@ -41,7 +42,7 @@ MAX_UPLOAD_MB = 0.25
 def save_checkpoint(model: torch.nn.Module, cfg: TrainConfig, path: Path, steps: int) -> str:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    atomic_save(make_checkpoint(model, cfg.model.name, optimizer, scheduler, None, 1, steps, None, cfg), path)
+    atomic_save(make_checkpoint(model, cfg.model.name, optimizer, scheduler, None, 1, steps, None, cfg, {}), path)
     return str(path)
 
 

@@ -525,7 +525,9 @@ def profile_model(
     ``precision`` defaults to what training uses on ``device`` (``default_precision``). With ``memory``
     False only parameters and FLOPs are counted.
     """
-    dev = torch.device(device)
+    from .engine.distributed import resolve_device
+
+    dev = torch.device("meta") if str(device) == "meta" else resolve_device(str(device))
     precision = precision or default_precision(dev)
     args = (num_classes, frames, batch_size, image_size, merged, overrides)
     target = torch.device("cuda") if dev.type == "meta" else dev  # meta stands in for a GPU

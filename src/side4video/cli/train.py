@@ -78,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         kind = {"type": batch_size_flag} if path == "optim.batch_size" else arg_type(types[path])
         p.add_argument(f"--{flag_dest(path).replace('_', '-')}", dest=flag_dest(path),
                        help=f"config key {path}{shown}", **kind)
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="config key run.overwrite: replace the run already in output-dir (else refused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, flat or dotted: lr=3e-4, optim.lr=3e-4, model_overrides.dropout=0.3")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}
     auto = flags["optim.batch_size"] == "auto"
-    cfg = resolve_config(args.config, {**flags, "optim.batch_size": None} if auto else flags, args.set)
+    flags = {**flags, "run.overwrite": args.overwrite} | ({"optim.batch_size": None} if auto else {})
+    cfg = resolve_config(args.config, flags, args.set)
     if auto:
         cfg = auto_batch(cfg)
     if args.print_config:

@@ -78,7 +78,7 @@ class Searcher:
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.info = ModelInfo.of(checkpoint, model, cfg)
         self.root = Path(videos).resolve()
-        self.cache = video_search.EmbeddingCache(self.root / video_search.CACHE_NAME,
+        self.cache = video_search.EmbeddingCache(video_search.default_cache_path(self.root),
                                                 video_search.model_key(checkpoint, cfg))
 
     def index(self, job: Job) -> video_search.VideoIndex:
@@ -156,4 +156,4 @@ def load_served(
         return Searcher(checkpoint, model, cfg, video_search.run_tokenizer(checkpoint, cfg, tokenizer),
                         videos)
     names = labels or cfg.data.label_names
-    return Classifier(checkpoint, model, cfg, read_label_names(names) if names else None)
+    return Classifier(checkpoint, model, cfg, read_label_names(names, cfg.model.num_classes) if names else None)
