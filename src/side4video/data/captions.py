@@ -324,7 +324,7 @@ class VideoOnlyDataset(Dataset):
         indices = segment_indices(n, self.num_frames, train=self.train, rng=rng)  # (T,)
         frames = read(indices)  # (T, H, W, 3) uint8
         norm = dict(mean=self.mean, std=self.std)
-        (video,) = eval_views(frames, self.image_size, short_side=self.short_side, **norm)  # (3, T, S, S)
+        (video,) = eval_views(frames, self.image_size, resize_to=self.short_side, **norm)  # (3, T, S, S)
         if self.train and rng.random() < self.flip:
             video = video.flip(-1)
         return {

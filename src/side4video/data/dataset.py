@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .lists import ListKind, VideoRecord, read_annotation_list
 from .sampling import Sampling, sample_indices
-from .transforms import AugmentConfig, eval_views, train_clip
+from .transforms import AugmentConfig, Size, eval_views, train_clip
 from .video import ReadErrorKind, VideoReadError, read_frame_folder, video_frame_source
 
 BadSamplePolicy = Literal["skip", "resample", "fail"]
@@ -104,7 +104,7 @@ class VideoClipDataset(Dataset):
         frame_interval: int = 1,
         num_clips: int = 1,
         num_crops: int = 1,
-        test_short_side: int | None = None,
+        test_resize: Size | None = None,
         augment: AugmentConfig | None = None,
         repeated_aug: int = 1,
         bad_sample_policy: BadSamplePolicy = "skip",
@@ -131,7 +131,7 @@ class VideoClipDataset(Dataset):
         self.frame_interval = frame_interval
         self.num_clips = num_clips
         self.num_crops = num_crops
-        self.test_short_side = test_short_side
+        self.test_resize = test_resize
         self.augment = augment or AugmentConfig()
         self.repeated_aug = repeated_aug
         self.bad_sample_policy = bad_sample_policy
@@ -196,7 +196,7 @@ class VideoClipDataset(Dataset):
             pairs = [train_clip(f, record.label, self.augment, self.image_size, rng) for f in frames]
             views, view_labels = zip(*pairs, strict=True)
         else:
-            crop = dict(num_crops=self.num_crops, short_side=self.test_short_side, mean=self.augment.mean,
+            crop = dict(num_crops=self.num_crops, resize_to=self.test_resize, mean=self.augment.mean,
                         std=self.augment.std)
             views = [v for f in frames for v in eval_views(f, self.image_size, **crop)]
             view_labels = [record.label] * len(views)

@@ -72,7 +72,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     test_crops: int = 3
     test_clips: int = 1
-    test_short_side: int | None = None
+    test_resize: int | tuple[int, int] | None = None  # short side or [height, width]; None: short side image_size
     eval_batch_size: int | None = None  # videos per step; default batch_size
     eval_chunk: int = 8  # clips per forward pass when averaging views
     confusion_matrix: bool = False

@@ -28,7 +28,7 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
     return VideoClipDataset(
         list_file, "", num_frames=cfg.frames, train=False, image_size=cfg.image_size, sampling=cfg.sampling,
         frame_interval=cfg.frame_interval, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
-        test_short_side=cfg.test_short_side, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
+        test_resize=cfg.test_resize, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
         list_kind="video",
     )
 

@@ -85,7 +85,7 @@ class RecognitionTask:
         if train:
             return VideoClipDataset(list_file, cfg.data_root, repeated_aug=cfg.repeated_aug, **common)
         return VideoClipDataset(list_file, cfg.data_root, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
-                                test_short_side=cfg.test_short_side, **common)
+                                test_resize=cfg.test_resize, **common)
 
     def make_loader(self, dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
         from ..data import collate_clips
