@@ -59,14 +59,15 @@ ZI2V_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "lr": 3e-4, "weight_decay": 0
                "augment.resize": 256, "augment.scale": (0.08, 1.0), "augment.rand_augment": RA, "augment.flip": 0.5,
                "test_resize": None, "repeated_aug": 1}
 ZI2V_K400 = {**ZI2V_COMMON, "num_classes": 400, "frames": 8, "sampling": "dense", "frame_interval": 16,
-             "total_batch": 64, "epochs": 40, "label_smoothing": 0.0, "augment.random_erasing": 0.0,
-             "augment.flip_label_pairs": (), "test_crops": 1, "test_clips": 3, "model.adapter_scale": 0.5}
+             "model.adapter_dropout": 0.1, "total_batch": 64, "epochs": 40, "label_smoothing": 0.0,
+             "augment.random_erasing": 0.0, "augment.flip_label_pairs": (), "test_crops": 1, "test_clips": 3,
+             "model.adapter_scale": 0.5}
 ZI2V_SSV2 = {**ZI2V_COMMON, "num_classes": 174, "sampling": "segment", "total_batch": 64, "epochs": 50,
              "label_smoothing": 0.1, "augment.random_erasing": 0.25, "augment.erasing_mode": "const",
              "augment.flip_label_pairs": SS_PAIRS, "test_crops": 3, "test_clips": 1, "model.adapter_scale": 1.0}
 ZI2V_SMALL = {**ZI2V_COMMON, "frames": 8, "sampling": "segment", "total_batch": 128, "epochs": 40,
               "label_smoothing": 0.0, "augment.random_erasing": 0.0, "test_crops": 3, "test_clips": 1,
-              "model.adapter_scale": 0.5, "model.head_offsets": (-1, 1)}
+              "model.adapter_scale": 0.5, "model.adapter_dropout": 0.1, "model.head_offsets": (-1, 1)}
 
 S4V_RET = "HJYao00/Side4Video Retrieval/script_train/"
 # main_task_retrieval.py: 8 GPUs, --batch_size 128 (total), 5 epochs, lr 1e-4, coef_lr 1e-3, BertAdam b1 0.9,
@@ -103,9 +104,9 @@ RELEASED: dict[str, tuple[str, dict]] = {
         "augment.rand_augment": RA, "test_crops": 3, "test_clips": 1, "model.placement": "attn+mlp"}),
     "k400_zeroi2v-b16": (ZI2V + "CLIP-B_k400_8x16x1.py", {**ZI2V_K400, "model.head_offsets": (-1, 1)}),
     "k400_zeroi2v-l14": (ZI2V + "CLIP-L_k400_8x16x1.py", {**ZI2V_K400, "model.head_offsets": (-1, -1, 1, 1)}),
-    "ssv2_zeroi2v-b16": (ZI2V + "CLIP-B_sthv2_u16.py", {**ZI2V_SSV2, "frames": 16,
+    "ssv2_zeroi2v-b16": (ZI2V + "CLIP-B_sthv2_u16.py", {**ZI2V_SSV2, "frames": 16, "model.adapter_dropout": 0.0,
                                                         "model.head_offsets": (-1, 1, -2, 2)}),
-    "ssv2_zeroi2v-l14": (ZI2V + "CLIP-L_sthv2_u32.py", {**ZI2V_SSV2, "frames": 32,
+    "ssv2_zeroi2v-l14": (ZI2V + "CLIP-L_sthv2_u32.py", {**ZI2V_SSV2, "frames": 32, "model.adapter_dropout": 0.1,
                                                         "model.head_offsets": (-1, -1, 1, 1, -2, 2, -3)}),
     "ucf101_zeroi2v-b16": (ZI2V + "CLIP-B_ucf101_u8_split1.py", {**ZI2V_SMALL, "num_classes": 101}),
     "hmdb51_zeroi2v-b16": (ZI2V + "CLIP-B_hmdb51_u8_split1.py", {**ZI2V_SMALL, "num_classes": 51}),

@@ -4,7 +4,8 @@
   keys and values of a head with offset ``dt`` at frame t come from frame t + dt (frames with
   no such neighbour keep their own; no wrap-around). Queries never move; [CLS] moves with the
   other tokens. No parameters are added.
-* **Linear adapters** ``A(x) = x + s * up(down(x))`` (no activation, ``up`` zero-initialised),
+* **Linear adapters** ``A(x) = x + s * up(dropout(down(x)))`` (no activation, ``up`` zero-initialised,
+  dropout 0.1 in training as released),
   four per block, inside the residual branches: after ``ln_1`` (``attn_in``), after
   ``out_proj`` (``attn_out``), after ``ln_2`` (``mlp_in``), after ``c_proj`` (``mlp_out``).
 * A ``T x D`` temporal embedding (zeros) added to every token after the positional embedding.
@@ -112,19 +113,21 @@ class STDHA(Attention):
 
 
 class LinearAdapter(nn.Module):
-    """``x + scale * up(down(x))``; ``up`` starts at zero so the adapter starts as the identity."""
+    """``x + scale * up(dropout(down(x)))``; ``up`` starts at zero so the adapter starts as the identity.
+    Dropout acts in training only, so the adapter stays affine at inference (and can be merged)."""
 
-    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+    def __init__(self, width: int, bottleneck: int, scale: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.scale = scale
         self.down = nn.Linear(width, bottleneck)
+        self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(bottleneck, width)
         nn.init.xavier_uniform_(self.down.weight)
         for zero in (self.down.bias, self.up.weight, self.up.bias):
             nn.init.zeros_(zero)
 
     def forward(self, x: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        return x + self.scale * self.up(self.down(x))
+        return x + self.scale * self.up(self.dropout(self.down(x)))
 
     @torch.no_grad()
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +182,7 @@ class ZeroI2VConfig:
     num_frames: int = 8
     adapter_ratio: float = 0.25  # bottleneck = round(ratio * width)
     adapter_scale: float = 0.5  # paper: 0.5 for K400, 1 for SSv2
+    adapter_dropout: float = 0.1  # between the adapters' down and up projections (released: 0.1; 0 on SSv2 B/16)
     head_offsets: tuple[int, ...] | None = None  # None: paper Table 6 for the backbone and frame count
     offset_table: Literal["k400", "ssv2"] = "k400"  # which Table 6 (they differ at 16 frames)
     dropout: float = 0.5
@@ -203,7 +207,8 @@ class ZeroI2V(FrameMeanClassifier):
             block.attn = STDHA.from_attention(block.attn, offsets)
             if not cfg.merged:
                 for point in ADAPTER_POINTS:
-                    setattr(block, point, LinearAdapter(vit.width, bottleneck, cfg.adapter_scale))
+                    adapter = LinearAdapter(vit.width, bottleneck, cfg.adapter_scale, cfg.adapter_dropout)
+                    setattr(block, point, adapter)
         vit.embed_hook = TemporalEmbedding(cfg.num_frames, vit.width)
         vit.ln_post.requires_grad_(True)
         vit.grad_checkpointing = cfg.grad_checkpointing
