@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from side4video.data.sampling import segment_indices
 from side4video.data.transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, eval_views, train_clip
 from side4video.engine.config import resolve_config
 
@@ -102,3 +103,12 @@ def test_resize_options_from_yaml_and_set(tmp_path):
     assert (cfg.test_resize, cfg.augment["resize"], cfg.augment["short_side_jitter"]) == (256, 256, (224, 258))
     with pytest.raises(ValueError, match="resize"):
         AugmentConfig(resize=(256, 0))
+
+
+def test_segment_test_position_start_or_centre():
+    np.testing.assert_array_equal(segment_indices(120, 12, train=False, test_position=0.0), np.arange(12) * 10)
+    np.testing.assert_array_equal(segment_indices(120, 12, train=False), np.arange(12) * 10 + 5)
+    starts = [segment_indices(120, 4, train=False, clip_index=k, num_clips=2, test_position=0.0) for k in (0, 1)]
+    np.testing.assert_array_equal(starts[1] - starts[0], [15] * 4)  # clip 1: half a segment later
+    with pytest.raises(ValueError, match="test_position"):
+        segment_indices(120, 4, train=False, test_position=1.0)
