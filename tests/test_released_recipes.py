@@ -136,13 +136,14 @@ NOT_RELEASED = {  # recipe -> what it follows instead
 
 
 def resolved(cfg: TrainConfig) -> dict:
-    """The recipe's effective values: its fields, ``augment.*`` and ``model.*`` with every default filled in."""
-    nested = ("augment", "model_overrides")
-    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in nested}
-    out["total_batch"] = cfg.batch_size * cfg.grad_accum * GPUS
-    augment = AugmentConfig(**cfg.augment)
+    """The recipe's effective values under their flat names (``lr``, ``test_resize``...), ``augment.*`` and
+    ``model.*`` with every default filled in."""
+    out = {f.name: getattr(group, f.name) for group in (cfg.model, cfg.data, cfg.optim, cfg.eval, cfg.run)
+           for f in dataclasses.fields(group) if f.name not in ("augment", "overrides", "name")}
+    out["total_batch"] = cfg.optim.batch_size * cfg.optim.grad_accum * GPUS
+    augment = AugmentConfig(**cfg.data.augment)
     out.update({f"augment.{f.name}": getattr(augment, f.name) for f in dataclasses.fields(augment)})
-    model = make_config(cfg.model, **cfg.model_overrides)
+    model = make_config(cfg.model.name, **cfg.model.overrides)
     out.update({f"model.{f.name}": getattr(model, f.name) for f in dataclasses.fields(model)})
     return out
 

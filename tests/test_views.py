@@ -97,10 +97,11 @@ def test_resize_options_from_yaml_and_set(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: side4video-b16\ntest_resize: [256, 320]\naugment:\n  resize: [256, 320]\n")
     cfg = resolve_config(path)
-    assert cfg.test_resize == (256, 320)
-    assert AugmentConfig(**cfg.augment).resize == (256, 320)
+    assert cfg.eval.test_resize == (256, 320)
+    assert AugmentConfig(**cfg.data.augment).resize == (256, 320)
     cfg = resolve_config(path, sets=["test_resize=256", "augment.resize=256", "augment.short_side_jitter=[224,258]"])
-    assert (cfg.test_resize, cfg.augment["resize"], cfg.augment["short_side_jitter"]) == (256, 256, (224, 258))
+    augment = cfg.data.augment
+    assert (cfg.eval.test_resize, augment["resize"], augment["short_side_jitter"]) == (256, 256, (224, 258))
     with pytest.raises(ValueError, match="resize"):
         AugmentConfig(resize=(256, 0))
 
