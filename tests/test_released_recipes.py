@@ -24,7 +24,8 @@ RA = "rand-m7-n4-mstd0.5-inc1"
 S4V = "HJYao00/Side4Video Recognition/configs/"
 # Recognition/configs/*.yaml and train_vision.py: AdamW (0.9, 0.999), wd 0.15, label smoothing 0.1, drop_fc 0,
 # GroupScale 256 (K400) / (256, 320) (SS) before the crop and at test; test views from the README.
-S4V_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.15, "label_smoothing": 0.1, "frames": 8,
+S4V_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.15, "no_decay": (), "warmup_start": 0.0,
+              "cosine": "after_warmup", "backbone_lr_mult": 1.0, "label_smoothing": 0.1, "frames": 8,
               "sampling": "segment", "test_crops": 3, "model.dropout": 0.0, "augment.flip": 0.5}
 S4V_K400 = {**S4V_COMMON, "num_classes": 400, "repeated_aug": 1, "augment.grayscale": 0.2,
             "augment.flip_label_pairs": (), "augment.resize": 256, "test_resize": 256, "test_clips": 4}
@@ -49,13 +50,16 @@ SSV2_L14 = s4v("sthv2/sthv2_train_rgb_vitl-14-side4video.yaml", S4V_SS, 128, 30,
 STA = "linziyi96/st-adapter scripts/"
 # main.py: AdamW with PyTorch's defaults, lr = blr 1e-3 x total / 256, wd 0.01 except biases, plain cross-entropy,
 # linear warm-up from 0 then cosine; test frames resized to short side 224.
-STA_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "label_smoothing": 0.0, "frames": 8,
+STA_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "no_decay": ("bias",), "warmup_start": 0.0,
+              "cosine": "after_warmup", "label_smoothing": 0.0, "frames": 8,
               "warmup_epochs": 2, "test_resize": None, "repeated_aug": 1}
 
 ZI2V = "MCG-NJU/ZeroI2V configs/recognition/vit_zero_clip/"
-# AdamW lr 3e-4 (auto-scaled to its base batch), betas (0.9, 0.999), wd 0.05; LinearLR over 2.5 epochs with
-# a cosine over all epochs; Resize (-1, 256) then RandomResizedCrop; RandAugment m7 n4; flip 0.5; test short side 224.
-ZI2V_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "lr": 3e-4, "weight_decay": 0.05, "warmup_epochs": 2.5,
+# AdamW lr 3e-4 (auto-scaled to its base batch), betas (0.9, 0.999), wd 0.05 (decay_mult 0 on ln_* and the
+# embeddings; L/14: backbone lr_mult 0.1); LinearLR from 0.1 over 2.5 epochs with a cosine over all epochs;
+# Resize (-1, 256) then RandomResizedCrop; RandAugment m7 n4; flip 0.5; test short side 224.
+ZI2V_COMMON = {"betas": (0.9, 0.999), "eps": 1e-8, "lr": 3e-4, "weight_decay": 0.05, "no_decay": ("norm", "embedding"),
+               "warmup_epochs": 2.5, "warmup_start": 0.1, "cosine": "whole_run", "backbone_lr_mult": 1.0,
                "augment.resize": 256, "augment.scale": (0.08, 1.0), "augment.rand_augment": RA, "augment.flip": 0.5,
                "test_resize": None, "repeated_aug": 1}
 ZI2V_K400 = {**ZI2V_COMMON, "num_classes": 400, "frames": 8, "sampling": "dense", "frame_interval": 16,
@@ -72,9 +76,10 @@ ZI2V_SMALL = {**ZI2V_COMMON, "frames": 8, "sampling": "segment", "total_batch": 
 S4V_RET = "HJYao00/Side4Video Retrieval/script_train/"
 # main_task_retrieval.py: 8 GPUs, --batch_size 128 (total), 5 epochs, lr 1e-4, coef_lr 1e-3, BertAdam b1 0.9,
 # b2 0.98, e 1e-6, weight decay 0.2, max_grad_norm 1.0, warmup_proportion 0.1, max_words 32, max_frames 12.
+# (BertAdam's warmup_cosine: linear warm-up, then the cosine of the whole run's progress; ours: of the rest.)
 RET = {"frames": 12, "total_batch": 128, "epochs": 5, "warmup_epochs": 0.5, "lr": 1e-4, "lr_clip": 1e-7,
-       "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2, "clip_grad": 1.0, "model.text_length": 32,
-       "model.side_width": 320, "val_split": "test"}
+       "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2, "no_decay": ("bias",), "clip_grad": 1.0,
+       "model.text_length": 32, "model.side_width": 320, "val_split": "test"}
 
 RELEASED: dict[str, tuple[str, dict]] = {
     "k400_side4video-b16": K400_B16,
@@ -103,10 +108,12 @@ RELEASED: dict[str, tuple[str, dict]] = {
         "augment.short_side_jitter": None, "augment.scale": (0.08, 1.0), "augment.flip": 0.0,
         "augment.rand_augment": RA, "test_crops": 3, "test_clips": 1, "model.placement": "attn+mlp"}),
     "k400_zeroi2v-b16": (ZI2V + "CLIP-B_k400_8x16x1.py", {**ZI2V_K400, "model.head_offsets": (-1, 1)}),
-    "k400_zeroi2v-l14": (ZI2V + "CLIP-L_k400_8x16x1.py", {**ZI2V_K400, "model.head_offsets": (-1, -1, 1, 1)}),
+    "k400_zeroi2v-l14": (ZI2V + "CLIP-L_k400_8x16x1.py", {**ZI2V_K400, "model.head_offsets": (-1, -1, 1, 1),
+                                                          "backbone_lr_mult": 0.1}),
     "ssv2_zeroi2v-b16": (ZI2V + "CLIP-B_sthv2_u16.py", {**ZI2V_SSV2, "frames": 16, "model.adapter_dropout": 0.0,
                                                         "model.head_offsets": (-1, 1, -2, 2)}),
     "ssv2_zeroi2v-l14": (ZI2V + "CLIP-L_sthv2_u32.py", {**ZI2V_SSV2, "frames": 32, "model.adapter_dropout": 0.1,
+                                                        "backbone_lr_mult": 0.1,
                                                         "model.head_offsets": (-1, -1, 1, 1, -2, 2, -3)}),
     "ucf101_zeroi2v-b16": (ZI2V + "CLIP-B_ucf101_u8_split1.py", {**ZI2V_SMALL, "num_classes": 101}),
     "hmdb51_zeroi2v-b16": (ZI2V + "CLIP-B_hmdb51_u8_split1.py", {**ZI2V_SMALL, "num_classes": 51}),

@@ -67,7 +67,11 @@ class OptimConfig:
     lr: float = 1e-3
     lr_clip: float = 1e-7  # retrieval: CLIP's trained parts (text tower, ln_post, proj); lr: new modules
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    warmup_start: float = 0.0  # lr multiplier where the linear warm-up starts
+    cosine: Literal["after_warmup", "whole_run"] = "after_warmup"  # whole_run: from step 0, times the warm-up
+    backbone_lr_mult: float = 1.0  # lr multiplier of the trained parts inside the backbone (adapters, ...)
     weight_decay: float = 0.15
+    no_decay: tuple[Literal["bias", "norm", "embedding", "1d"], ...] = ("bias", "norm", "embedding", "1d")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     label_smoothing: float = 0.1
