@@ -230,7 +230,7 @@ def test_param_groups_put_embeddings_and_vectors_in_no_decay():
 
 
 def test_retrieval_param_groups_split_clip_parts_by_lr_with_the_same_decay_rule():
-    model = create_model("side4video-retrieval-tiny")
+    model = create_model("side4video-retrieval-tiny", train_projection=True)  # ln_post / proj trained too
     groups = {g["name"]: g for g in build_optimizer(model, 1e-4, 0.2, (0.9, 0.98), group_lrs={"clip": 1e-7}
                                                     ).param_groups}
     assert set(groups) == {"clip_decay", "clip_no_decay", "default_decay", "default_no_decay"}

@@ -79,7 +79,9 @@ S4V_RET = "HJYao00/Side4Video Retrieval/script_train/"
 # (BertAdam's warmup_cosine: linear warm-up, then the cosine of the whole run's progress; ours: of the rest.)
 RET = {"frames": 12, "total_batch": 128, "epochs": 5, "warmup_epochs": 0.5, "lr": 1e-4, "lr_clip": 1e-7,
        "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.2, "no_decay": ("bias",), "clip_grad": 1.0,
-       "model.text_length": 32, "model.side_width": 320, "val_split": "test"}
+       "model.text_length": 32, "model.side_width": 320, "val_split": "test", "test_segment_position": 0.0,
+       "model.post_bn": True, "model.train_projection": False, "model.matching_hidden": 1,
+       "model.matching_init": "normal", "model.pad_tokens": "zero"}
 
 RELEASED: dict[str, tuple[str, dict]] = {
     "k400_side4video-b16": K400_B16,

@@ -128,6 +128,7 @@ class VideoClipDataset(PolicyDataset):
         num_clips: int = 1,
         num_crops: int = 1,
         test_resize: Size | None = None,
+        test_position: float = 0.5,
         augment: AugmentConfig | None = None,
         repeated_aug: int = 1,
         bad_sample_policy: BadSamplePolicy = "skip",
@@ -154,6 +155,7 @@ class VideoClipDataset(PolicyDataset):
         self.num_clips = num_clips
         self.num_crops = num_crops
         self.test_resize = test_resize
+        self.test_position = test_position
         self.augment = augment or AugmentConfig()
         self.repeated_aug = repeated_aug
         self.frames_template = frames_template
@@ -191,7 +193,8 @@ class VideoClipDataset(PolicyDataset):
         if self.train:
             return [sample_indices(*args, rng=rng, **kw) for _ in range(self.repeated_aug)]
         k_of = self.num_clips
-        return [sample_indices(*args, clip_index=k, num_clips=k_of, **kw) for k in range(k_of)]
+        return [sample_indices(*args, clip_index=k, num_clips=k_of, test_position=self.test_position, **kw)
+                for k in range(k_of)]
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample of entry ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""

@@ -87,6 +87,7 @@ class EvalConfig:
     test_crops: int = 3
     test_clips: int = 1
     test_resize: int | tuple[int, int] | None = None  # short side or [height, width]; None: short side image_size
+    test_segment_position: float = 0.5  # where a test frame sits in its segment (segment sampling): centre; 0: start
     eval_batch_size: int | None = None  # videos per step; default batch_size
     eval_chunk: int = 8  # clips per forward pass when averaging views
     confusion_matrix: bool = False

@@ -119,7 +119,7 @@ class RecognitionTask(Task):
         if train:
             return VideoClipDataset(list_file, d.data_root, repeated_aug=d.repeated_aug, **common)
         return VideoClipDataset(list_file, d.data_root, num_clips=e.test_clips, num_crops=e.test_crops,
-                                test_resize=e.test_resize, **common)
+                                test_resize=e.test_resize, test_position=e.test_segment_position, **common)
 
     def make_loader(self, dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
         from ..data import collate_clips

@@ -52,6 +52,8 @@ class SideConfig(VideoConfig):
 class Side4VideoConfig(SideConfig, ClassifierConfig):
     """Side4Video for recognition: the side network and a classifier head."""
 
+    dropout: float = 0.0  # before the classifier's Linear: drop_fc 0 in every released config
+
 
 def tap_indices(side_layers: int, vit_layers: int, mode: str = "interval") -> list[int]:
     """0-based ViT block indices read by each side block.
