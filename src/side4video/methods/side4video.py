@@ -61,6 +61,7 @@ class SideConfig(VideoConfig):
 class Side4VideoConfig(SideConfig, ClassifierConfig):
     """Side4Video for recognition: the side network and a classifier head."""
 
+    dropout: float = 0.0  # before the classifier's Linear: drop_fc 0 in every released config
     head_norm: bool = True  # BN3d before pooling (the released E/14 code has none)
 
 
