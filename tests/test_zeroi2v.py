@@ -195,7 +195,7 @@ def test_gradients_reach_adapters_embedding_ln_post_and_head_only():
 
 def test_zeroi2v_learns_temporal_order():
     """The same frames forward and reversed: mean pooling alone cannot tell them apart."""
-    model = tiny(dropout=0.0)
+    model = tiny(dropout=0.0, adapter_dropout=0.0)
     assert fit_forward_vs_reversed(model, clip(batch=1)) < 0.3
 
 
@@ -243,6 +243,23 @@ def test_reparameterisation_is_exact_for_qkv_adapters_three_adapters_and_any_cha
         video = clip(frames=4)
         with torch.no_grad():
             assert (merged(video) - model(video)).abs().max() <= 1e-5
+
+
+def test_adapter_dropout_between_down_and_up_in_training_only():
+    """Released adapters: ``x + s * up(dropout_0.1(down(x)))``; at inference the adapter is affine (mergeable)."""
+    model = randomise(tiny())
+    adapter = model.backbone.blocks[0].attn_in
+    assert adapter.dropout.p == 0.1  # the preset default, as released
+    x = torch.randn(6, 5, adapter.down.in_features)
+    torch.manual_seed(1)
+    got = adapter.train()(x)
+    torch.manual_seed(1)
+    want = x + adapter.scale * adapter.up(torch.nn.functional.dropout(adapter.down(x), 0.1, training=True))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, x + adapter.scale * adapter.up(adapter.down(x)))
+    wa, ba = adapter.affine()
+    torch.testing.assert_close(adapter.eval()(x).double(), x.double() @ wa.T + ba, atol=1e-5, rtol=1e-5)
+    assert tiny(adapter_dropout=0.0).backbone.blocks[0].mlp_out.dropout.p == 0.0
 
 
 def test_merged_model_rebuilds_from_name_and_config():

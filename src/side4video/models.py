@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "side4video-retrieval-e14": Preset(
         Side4VideoRetrieval,
-        RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True),
+        RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True, train_projection=True),
         RETRIEVAL,
         "Side4Video retrieval on EVA-CLIP ViT-E/14, 32 x 320 post-norm, token-wise matching",
     ),

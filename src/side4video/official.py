@@ -14,7 +14,10 @@
 * **ZeroI2V** (mmengine): ``{'meta': {'cfg': config text}, 'state_dict': backbone.* +
   cls_head.fc_cls.*}``. STDHA pattern, frames, adapter scale and adapter count come from the
   config text, or from ``config``, an mmaction2 config file. Config text is parsed as data
-  (:func:`read_config`, Python's ``ast``); it is never executed.
+  (:func:`read_config`, Python's ``ast``); it is never executed. The rest of such a file
+  (``message_hub``, ``optimizer``, ``param_schedulers``, numpy values) names classes that
+  ``torch.load(weights_only=True)`` refuses; it is then read with
+  :func:`~side4video.safe_load.load_checkpoint_data`, those classes as inert records, and unused.
 
 Anything missing or inconsistent raises :class:`OfficialCheckpointError`, one line naming the
 file and the key.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import pickle
 import re
 import zlib
 from collections.abc import Mapping
@@ -40,6 +44,7 @@ from .engine.checkpoint import write_export
 from .engine.config import ModelConfig, TrainConfig, to_dict
 from .methods.zeroi2v import ADAPTER_POINTS, released_shift_groups
 from .models import build_model, make_config
+from .safe_load import UnsafePickleError, load_checkpoint_data
 
 StateDict = dict[str, torch.Tensor]
 
@@ -109,6 +114,11 @@ def convert_official(
         raise OfficialCheckpointError(f"{path}: no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a class weights_only refuses (mmengine's MessageHub, numpy, ...)
+        try:
+            ckpt = load_checkpoint_data(path)
+        except UnsafePickleError as err:
+            raise OfficialCheckpointError(str(err)) from None
     except Exception as err:  # any unreadable file is reported the same way
         raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict):
@@ -154,8 +164,11 @@ def random_state(state: Mapping[str, torch.Tensor], seed: int) -> StateDict:
 
 def _tensors(path: Path, ckpt: dict, key: str) -> StateDict:
     sd = ckpt[key]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, Mapping):
         raise OfficialCheckpointError(f"{path}: '{key}' is not a dict of tensors")
+    for name, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            raise OfficialCheckpointError(f"{path}: '{key}.{name}' is not a tensor ({value!r:.60})")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
@@ -506,10 +519,7 @@ def _zeroi2v(path: Path, ckpt: dict, num_frames: int | None, config: str | Path 
                    and not (p == "attn_out" and adapters == -1))
     groups = zeroi2v_shift_groups(kind, _get(source, backbone, "stdha_cfg", dict, {}), width, source)
 
-    sd = ckpt["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise OfficialCheckpointError(f"{path}: 'state_dict' is not a dict of tensors")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = _tensors(path, ckpt, "state_dict")
     sd = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
     fc = _need(path, sd, "cls_head.fc_cls.weight")
     classes = _get(source, head, "num_classes", int)

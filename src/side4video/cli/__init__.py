@@ -5,7 +5,8 @@
     side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
     side4video check-data --list F --data-root DIR
     side4video models [--json]
-    side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
+    side4video profile MODEL [--frames T --batch-size B --device meta|cpu|cuda --precision P --merged --json]
+    side4video fit MODEL --gpu-memory 24GB [--frames T] [--global-batch B] [--gpus N] [--json]
     side4video export CKPT --out DIR
     side4video import CKPT [--pretrained CLIP] [--frames T] [--config CFG] --out DIR
     side4video zoo
@@ -38,6 +39,7 @@ COMMANDS: dict[str, Command] = {
     "check-data": (data.add_parser, data.run),
     "models": (tools.add_models_parser, tools.run_models),
     "profile": (tools.add_profile_parser, tools.run_profile),
+    "fit": (tools.add_fit_parser, tools.run_fit),
     "export": (tools.add_export_parser, tools.run_export),
     "import": (official.add_import_parser, official.run_import),
     "zoo": (official.add_zoo_parser, official.run_zoo),

@@ -1,9 +1,11 @@
-"""``side4video models``, ``profile``, ``export``, ``demo`` and ``plot``."""
+"""``side4video models``, ``profile``, ``fit``, ``export``, ``demo`` and ``plot``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from ..profiler import PRECISIONS
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +34,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def add_profile_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="parameters, FLOPs, activation and training memory of a preset")
+    p = sub.add_parser("profile", help="parameters, FLOPs and the memory of a training step of a preset")
     p.add_argument("model", help="preset name (side4video models lists them)")
     p.add_argument("--num-classes", type=int, default=400,
                    help="classes of the recognition head (default: %(default)s)")
@@ -43,27 +45,70 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="meta", choices=["meta", "cpu", "cuda"],
                    help="meta counts without allocating anything; cpu / cuda also time training steps "
                         "(default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="training precision (default: what training uses on --device: fp32 on CPU, else bf16-mixed)")
+    p.add_argument("--checkpoint-parts", action="store_true",
+                   help="Side4Video: activation checkpointing of every side-block part")
     p.add_argument("--merged", action="store_true", help="profile ZeroI2V after re-parameterisation")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run_profile(args: argparse.Namespace) -> int:
     from ..profiler import profile_model
-    from ..units import format_bytes, format_count
 
+    overrides = {"checkpoint_parts": True} if args.checkpoint_parts else {}
     prof = profile_model(args.model, num_classes=args.num_classes, frames=args.frames, batch_size=args.batch_size,
-                         image_size=args.image_size, device=args.device, merged=args.merged)
+                         image_size=args.image_size, device=args.device, merged=args.merged, precision=args.precision,
+                         **overrides)
     if args.json:
         print(json.dumps(prof.to_dict()))
         return 0
-    print(f"{prof.model} on {prof.backbone}, {prof.frames} frames at {prof.image_size}px, batch {prof.batch_size}")
-    print(f"  parameters        {format_count(prof.total_params)} total, {format_count(prof.tunable_params)} tunable")
-    print(f"  GFLOPs per view   {prof.gflops_per_view:.2f}")
-    print(f"  activations       {format_bytes(prof.activation_bytes)} saved for backward")
-    print(f"  training memory   {format_bytes(prof.train_memory_bytes)} (activations + weights + grads + AdamW)")
-    if prof.cuda_peak_bytes is not None:
-        print(f"  CUDA peak         {format_bytes(prof.cuda_peak_bytes)}, {prof.step_time_s:.3f} s per step")
-    print("  (GB = 10^9 bytes, M = 10^6)")
+    gib = 1024**3
+    print(f"{prof.model} on {prof.backbone}, {prof.frames} frames at {prof.image_size}px, batch {prof.batch_size}, "
+          f"{prof.precision}")
+    print(f"  parameters        {prof.total_params / 1e6:10.2f} M total, {prof.tunable_params / 1e6:.2f} M tunable")
+    print(f"  GFLOPs per view   {prof.gflops_per_view:10.2f}")
+    print(f"  weights           {prof.weight_bytes / gib:10.2f} GiB (+ gradients {prof.grad_bytes / gib:.2f}, "
+          f"AdamW {prof.optimizer_bytes / gib:.2f}, batch {prof.input_bytes / gib:.2f})")
+    print(f"  activations       {prof.activation_bytes / gib:10.2f} GiB kept for backward")
+    print(f"  training memory   {prof.train_memory_bytes / gib:10.2f} GiB predicted peak of a training step")
+    if prof.measured_peak_bytes is not None:
+        print(f"  measured peak     {prof.measured_peak_bytes / gib:10.2f} GiB on {args.device} "
+              f"(prediction {100 * prof.prediction_error:+.1f} %), {prof.step_time_s:.3f} s per step")
+    return 0
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="the largest batch of a preset that trains on a GPU, and the accumulation")
+    p.add_argument("model")
+    p.add_argument("--gpu-memory", required=True, help="memory of one GPU: 24GB, 80GiB, 40960MB (GB = 2**30 bytes)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
+    p.add_argument("--global-batch", type=int, help="the recipe's batch over all GPUs, reached by accumulation")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
+    p.add_argument("--num-classes", type=int, default=400)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from ..planner import ALLOCATOR_FRACTION, CONTEXT_BYTES, parse_bytes, plan
+
+    p = plan(args.model, parse_bytes(args.gpu_memory), frames=args.frames, global_batch=args.global_batch,
+             num_gpus=args.gpus, precision=args.precision, num_classes=args.num_classes)
+    if args.json:
+        print(json.dumps(p.to_dict()))
+        return 0
+    gib = 2**30
+    print(f"{p.model}, {p.frames} frames, {p.precision}, {p.num_gpus} GPU(s) of {p.gpu_memory_bytes / gib:.1f} GiB: "
+          f"{p.usable_bytes / gib:.1f} GiB usable ({CONTEXT_BYTES / gib:.0f} GiB CUDA context and "
+          f"{100 * ALLOCATOR_FRACTION:.0f} % allocator margin kept free)")
+    for o in p.options:
+        print(f"  {'with' if o.checkpointing else 'without':7s} side-network checkpointing: largest batch "
+              f"{o.batch_size:4d} ({o.train_memory_bytes / gib:.2f} GiB)")
+    total = p.batch_size * p.grad_accum * p.num_gpus
+    print(f"  -> batch {p.batch_size} x {p.grad_accum} accumulation step(s) x {p.num_gpus} GPU(s) = {total}"
+          f"{'' if p.global_batch is None else f' (recipe: {p.global_batch})'}, "
+          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / gib:.2f} GiB per GPU")
     return 0
 
 

@@ -57,6 +57,41 @@ def arg_type(tp: typing.Any) -> dict[str, typing.Any]:
     return {}
 
 
+def batch_size_flag(text: str) -> int | str:
+    """``--batch-size``: a number, or ``auto`` (the planner's batch for this machine's GPU)."""
+    return text if text == "auto" else int(text)
+
+
+def auto_batch(cfg):
+    """``--batch-size auto``: the largest per-GPU batch the planner (``side4video fit``) finds for this
+    machine's GPU, with the accumulation that keeps the config's global batch (batch x grad_accum x GPUs)
+    and side-network checkpointing where that saves accumulation steps."""
+    import torch
+
+    from ..planner import plan
+
+    if not (cfg.run.device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError("--batch-size auto plans for a CUDA GPU; give a number on this device")
+    gpus = int(os.environ.get("WORLD_SIZE", "1"))
+    from ..engine.defaults import BATCH_SIZE, inference_defaults
+
+    cfg = inference_defaults(cfg)  # the preset's frames where unset
+    repeats = cfg.data.repeated_aug
+    o = cfg.optim
+    p = plan(cfg.model.name, torch.cuda.get_device_properties(torch.device(cfg.run.device)).total_memory,
+             frames=cfg.model.frames, global_batch=(o.batch_size or BATCH_SIZE) * o.grad_accum * gpus * repeats,
+             num_gpus=gpus,
+             precision=("bf16-mixed" if o.amp_dtype == "bfloat16" else "fp16-mixed") if o.amp else "fp32",
+             num_classes=cfg.model.num_classes)
+    optim = dataclasses.replace(o, batch_size=max(1, p.batch_size // repeats), grad_accum=p.grad_accum)
+    model = cfg.model
+    if p.checkpointing:
+        model = dataclasses.replace(model, overrides={**model.overrides, "checkpoint_parts": True})
+    print(f"--batch-size auto: {optim.batch_size} x {optim.grad_accum} accumulation step(s) per GPU, "
+          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / 2**30:.1f} GiB predicted")
+    return dataclasses.replace(cfg, optim=optim, model=model)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (also under torchrun)")
     p.add_argument("config", nargs="?", help="YAML file of TrainConfig keys (configs/*.yaml)")
@@ -64,8 +99,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for path, text in FLAG_HELP.items():
         default = fields[path].default
         shown = "" if default in (None, "", dataclasses.MISSING) or "default:" in text else f" (default: {default})"
+        kind = {"type": batch_size_flag} if path == "optim.batch_size" else arg_type(types[path])
         p.add_argument(f"--{flag_dest(path).replace('_', '-')}", dest=flag_dest(path),
-                       help=f"{text}{shown}; config key {path}", **arg_type(types[path]))
+                       help=f"{text}{shown}; config key {path}", **kind)
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the run already in output-dir (else refused); config key run.overwrite")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -81,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import train
 
     flags = {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}
-    cfg = resolve_config(args.config, {**flags, "run.overwrite": args.overwrite}, args.set)
+    auto = flags["optim.batch_size"] == "auto"
+    flags = {**flags, "run.overwrite": args.overwrite} | ({"optim.batch_size": None} if auto else {})
+    cfg = resolve_config(args.config, flags, args.set)
+    if auto:
+        cfg = auto_batch(cfg)
     if args.print_config:
         from ..engine.defaults import resolve_defaults
 

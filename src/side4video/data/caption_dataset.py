@@ -48,7 +48,8 @@ class VideoOnlyDataset(PolicyDataset):
     """One clip per video: ``{"video": float32 (3, T, S, S), "frame_indices": int64 (T,), "video_index": int,
     "path": str}``, or a ``BadSample`` (``bad_sample_policy="skip"``) when the video cannot be read.
 
-    Frames: ``num_frames`` TSN segments, a random frame of each in training, the centres otherwise. The
+    Frames: ``num_frames`` TSN segments, a random frame of each in training, otherwise the point
+    ``test_position`` of each (0.5: the centres; 0: the starts, as Side4Video's retrieval code). The
     short side is resized to ``short_side`` (default ``image_size``) and the centre crop kept; training
     flips it horizontally with probability ``flip`` (default 0: a caption may say "left" or "right").
     """
@@ -65,6 +66,7 @@ class VideoOnlyDataset(PolicyDataset):
         train: bool = False,
         flip: float = 0.0,
         short_side: int | None = None,
+        test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         seed: int = 0,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
@@ -81,6 +83,7 @@ class VideoOnlyDataset(PolicyDataset):
         self.train = train
         self.flip = flip
         self.short_side = short_side
+        self.test_position = test_position
         self.extensions = tuple(extensions)
         self.mean, self.std = mean, std
 
@@ -94,10 +97,10 @@ class VideoOnlyDataset(PolicyDataset):
         """The clip of video ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
         path = self.path(index)
         n, read = video_frame_source(path)
-        indices = segment_indices(n, self.num_frames, train=self.train, rng=rng)  # (T,)
+        indices = segment_indices(n, self.num_frames, train=self.train, rng=rng, test_position=self.test_position)
         frames = read(indices)  # (T, H, W, 3) uint8
         norm = dict(mean=self.mean, std=self.std)
-        (video,) = eval_views(frames, self.image_size, short_side=self.short_side, **norm)  # (3, T, S, S)
+        (video,) = eval_views(frames, self.image_size, resize_to=self.short_side, **norm)  # (3, T, S, S)
         if self.train and rng.random() < self.flip:
             video = video.flip(-1)
         return {
@@ -131,6 +134,7 @@ class CaptionDataset(PolicyDataset):
         train: bool,
         flip: float = 0.0,
         short_side: int | None = None,
+        test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         max_resample: int = 10,
         seed: int = 0,
@@ -142,6 +146,7 @@ class CaptionDataset(PolicyDataset):
         self.ids, self.mask = tokenizer.tokenize(split.captions, context_length=text_length)  # (N, L) each
         policy = "fail" if bad_sample_policy == "fail" else "skip"  # the videos' own policy
         clip = dict(num_frames=num_frames, image_size=image_size, short_side=short_side, seed=seed,
+                    test_position=test_position,
                     extensions=extensions, mean=mean, std=std, bad_sample_policy=policy)
         self.clips = VideoOnlyDataset(split.videos, video_root, train=train, flip=flip, **clip)
         self.eval_videos = VideoOnlyDataset(split.videos, video_root, **clip)

@@ -253,7 +253,7 @@ def load_model(
         cfg = from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
         return model, inference_defaults(resolve_paths(cfg, config.get("paths"), Path(path) / CONFIG_FILE))
     ckpt = load_checkpoint(path, keys=MODEL_KEYS)
-    model = model_from_checkpoint(ckpt, path, pretrained).to(device)
+    model = model_from_checkpoint(ckpt, path, pretrained).to(device).keep_frozen_weights(device)
     if not with_config:
         return model
     cfg = from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")

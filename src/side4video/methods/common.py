@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ class VideoConfig:
     backbone: str = "ViT-B-16"
     num_frames: int = 8
     autocast_backbone: bool = True  # bf16 autocast for a backbone run without autograd, on CUDA
+    # dtype of the frozen weights of a backbone run without autograd: auto = bfloat16 on CUDA (where it
+    # runs in bf16 anyway: no per-step casts, half the memory), float32 elsewhere
+    backbone_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,24 @@ class VideoModel(nn.Module):
         """``fn(frames, *args)``; without autograd (and in bf16 on CUDA) when the backbone is run so."""
         if not self.no_grad_backbone:
             return fn(frames, *args)
+        autocast = self.cfg.autocast_backbone and frames.device.type == "cuda"
+        if not autocast:  # run in the weights' dtype
+            frames = frames.to(self.backbone.conv1.weight.dtype)
         with torch.no_grad(), autocast_context(frames.device, self.cfg.autocast_backbone):
             return fn(frames, *args)
+
+    def keep_frozen_weights(self, device: torch.device | str) -> VideoModel:
+        """Cast the frozen weights of a backbone run without autograd to ``cfg.backbone_dtype`` for training
+        or inference on ``device`` (``auto``: bfloat16 on CUDA, float32 elsewhere). Trainable backbone
+        parameters (e.g. a retrieval model's ``ln_post``) stay float32."""
+        if self.no_grad_backbone:
+            name = self.cfg.backbone_dtype
+            if name == "auto":
+                name = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+            for p in self.backbone.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(getattr(torch, name))
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each ViT block in backward instead of storing its activations."""
@@ -91,6 +111,12 @@ class VideoModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names of trainable parameters the optimiser must not decay, beyond its own rule."""
         return set()
+
+    def lr_group(self, name: str) -> str:
+        """The learning-rate group of parameter ``name``: ``"backbone"`` for the trainable parts inside the
+        backbone (adapters, temporal embedding, ``ln_post``; ``backbone_lr_mult`` scales their rate), else
+        ``"default"``."""
+        return "backbone" if name.startswith("backbone.") else "default"
 
     def train(self, mode: bool = True) -> VideoModel:
         super().train(mode)

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..backbones.vit import Attention, VisionConfig, VisionTransformer
 from .common import ClassifierConfig, VideoConfig, VideoModel, fold_frames
+from .layers import layer_norm_linear
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,14 @@ class SideConfig(VideoConfig):
     cls_shift: bool = True
     post_norm: bool = False  # E/14 variant
     checkpoint_parts: bool = False  # activation checkpointing of each part of every side block
+    fused_down_projection: bool = True  # keep only the ViT tokens for the down-projection's backward
 
 
 @dataclass(frozen=True)
 class Side4VideoConfig(SideConfig, ClassifierConfig):
     """Side4Video for recognition: the side network and a classifier head."""
 
+    dropout: float = 0.0  # before the classifier's Linear: drop_fc 0 in every released config
     head_norm: bool = True  # BN3d before pooling (the released E/14 code has none)
 
 
@@ -197,17 +200,27 @@ class SideBlock(nn.Module):
 
 
 class DownProjection(nn.Module):
-    """ViT width D -> side width d, on [CLS] and patch tokens: Linear(LN(Z)) or LN(Linear(Z))."""
+    """ViT width D -> side width d, on [CLS] and patch tokens: Linear(LN(Z)) or LN(Linear(Z)).
 
-    def __init__(self, vit_width: int, width: int, norm: str = "pre") -> None:
+    With ``fused`` the pre-norm form keeps only the ViT tokens ``Z`` for backward, in the dtype the
+    backbone gave them (``layer_norm_linear``), instead of ``Z`` in the side network's dtype and LN(Z).
+    """
+
+    def __init__(self, vit_width: int, width: int, norm: str = "pre", fused: bool = True) -> None:
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"down_norm must be 'pre' or 'post', got {norm!r}")
         self.norm_first = norm == "pre"
+        self.fused = fused
         self.norm = nn.LayerNorm(vit_width if self.norm_first else width)
         self.proj = nn.Linear(vit_width, width)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``z (..., D)`` in the backbone's dtype -> ``(..., d)``; ``dtype``: the side network's."""
+        if self.norm_first and self.fused:
+            n = self.norm
+            return layer_norm_linear(z, n.weight, n.bias, self.proj.weight, self.proj.bias, n.eps)
+        z = z.to(dtype)
         return self.proj(self.norm(z)) if self.norm_first else self.norm(self.proj(z))
 
 
@@ -243,7 +256,9 @@ class SideNetwork(nn.Module):
         self.taps = tap_indices(cfg.side_layers, vit.layers, cfg.taps)
         self.stem = nn.Conv3d(3, d, kernel_size=(3, p, p), stride=(1, p, p), padding=(1, 0, 0))
         self.stem_norm = nn.BatchNorm3d(d)
-        self.down = nn.ModuleList(DownProjection(vit.width, d, cfg.down_norm) for _ in self.taps)
+        self.down = nn.ModuleList(
+            DownProjection(vit.width, d, cfg.down_norm, cfg.fused_down_projection) for _ in self.taps
+        )
         self.pos_embed = nn.Parameter(torch.empty(vit.num_patches, d))  # shared by all blocks
         self.blocks = nn.ModuleList(
             SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts, cfg.cls_attn_norm)
@@ -290,7 +305,7 @@ class SideNetwork(nn.Module):
         x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T, N, d)
         n, d = x.shape[2], x.shape[3]
         for down, block, z in zip(self.down, self.blocks, feats, strict=True):
-            z = down(z.to(x.dtype)).view(b, t, n + 1, d)  # (B, T, 1+N, d)
+            z = down(z, x.dtype).view(b, t, n + 1, d)  # (B, T, 1+N, d)
             patches = z[:, :, 1:]
             x = x + patches if self.fusion == "sum" else 0.5 * x + 0.5 * patches
             cls = shift_cls(z[:, :, 0]) if self.cls_shift else z[:, :, 0]  # (B, T, d)

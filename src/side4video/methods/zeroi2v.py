@@ -7,9 +7,10 @@
   ``C / shift_div`` channels t - 1, the next t + 1, then optional longer shifts
   (:func:`released_shift_groups`). Queries never move; [CLS] moves with the other tokens. No
   parameters are added.
-* **Linear adapters** ``A(x) = x + s * up(down(x))`` (no activation, ``up`` zero-initialised),
-  up to four per block, inside the residual branches: after ``ln_1`` (``attn_in``), after
-  ``out_proj`` (``attn_out``), after ``ln_2`` (``mlp_in``), after ``c_proj`` (``mlp_out``);
+* **Linear adapters** ``A(x) = x + s * up(dropout(down(x)))`` (no activation, ``up`` zero-initialised,
+  dropout 0.1 in training as released), up to four per block, inside the residual branches: after
+  ``ln_1`` (``attn_in``), after ``out_proj`` (``attn_out``), after ``ln_2`` (``mlp_in``), after
+  ``c_proj`` (``mlp_out``);
   ``qkv_adapters`` splits ``attn_in`` into separate q, k and v adapters (six per block).
 * A ``T x D`` temporal embedding (zeros) added to every token after the positional embedding.
 
@@ -184,19 +185,21 @@ class STDHA(Attention):
 
 
 class LinearAdapter(nn.Module):
-    """``x + scale * up(down(x))``; ``up`` starts at zero so the adapter starts as the identity."""
+    """``x + scale * up(dropout(down(x)))``; ``up`` starts at zero so the adapter starts as the identity.
+    Dropout acts in training only, so the adapter stays affine at inference (and can be merged)."""
 
-    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+    def __init__(self, width: int, bottleneck: int, scale: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.scale = scale
         self.down = nn.Linear(width, bottleneck)
+        self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(bottleneck, width)
         nn.init.xavier_uniform_(self.down.weight)
         for zero in (self.down.bias, self.up.weight, self.up.bias):
             nn.init.zeros_(zero)
 
     def forward(self, x: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        return x + self.scale * self.up(self.down(x))
+        return x + self.scale * self.up(self.dropout(self.down(x)))
 
     @torch.no_grad()
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,9 +247,9 @@ class TemporalEmbedding(nn.Module):
 class QKVAdapter(nn.Module):
     """Separate linear adapters for the query, key and value inputs: ``(B*T, N, D) -> (3, B*T, N, D)``."""
 
-    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+    def __init__(self, width: int, bottleneck: int, scale: float, dropout: float = 0.0) -> None:
         super().__init__()
-        self.q, self.k, self.v = (LinearAdapter(width, bottleneck, scale) for _ in range(3))
+        self.q, self.k, self.v = (LinearAdapter(width, bottleneck, scale, dropout) for _ in range(3))
 
     def forward(self, x: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         return torch.stack([self.q(x), self.k(x), self.v(x)])
@@ -266,6 +269,7 @@ class ZeroI2VConfig(ClassifierConfig):
     shift_groups: tuple[tuple[int, int], ...] | None = None
     head_offsets: tuple[int, ...] | None = None
     offset_table: Literal["k400", "ssv2"] = "k400"  # which table for the default (they differ at 16 frames)
+    adapter_dropout: float = 0.1  # between the adapters' down and up projections (released: 0.1; 0 on SSv2 B/16)
     grad_checkpointing: bool = False
     merged: bool = False  # adapters folded into the ViT weights (built by ZeroI2V.reparameterize)
 
@@ -305,7 +309,7 @@ class ZeroI2V(FrameMeanClassifier):
             if not cfg.merged:
                 for point in cfg.adapter_points:
                     kind = QKVAdapter if point == "attn_in" and cfg.qkv_adapters else LinearAdapter
-                    setattr(block, point, kind(vit.width, bottleneck, cfg.adapter_scale))
+                    setattr(block, point, kind(vit.width, bottleneck, cfg.adapter_scale, cfg.adapter_dropout))
         vit.embed_hook = TemporalEmbedding(cfg.num_frames, vit.width)
         vit.ln_post.requires_grad_(True)
 
