@@ -80,13 +80,15 @@ def run_profile(args: argparse.Namespace) -> int:
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="the largest batch of a preset that trains on a GPU, and the accumulation")
-    p.add_argument("model")
+    p.add_argument("model", help="preset name (side4video models lists them)")
     p.add_argument("--gpu-memory", required=True, help="memory of one GPU: 24GB, 80GiB, 40960MB (GB = 2**30 bytes)")
     p.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     p.add_argument("--global-batch", type=int, help="the recipe's batch over all GPUs, reached by accumulation")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs")
-    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
-    p.add_argument("--num-classes", type=int, default=400)
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed",
+                   help="training precision (default: %(default)s)")
+    p.add_argument("--num-classes", type=int, default=400,
+                   help="classes of the recognition head (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
