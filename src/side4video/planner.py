@@ -18,18 +18,20 @@ from dataclasses import asdict, dataclass
 
 from .models import get_preset
 from .profiler import predict_memory
+from .units import GB
 
 CONTEXT_BYTES = 1 << 30  # CUDA context, cuBLAS / cuDNN workspaces
 ALLOCATOR_FRACTION = 0.10  # caching-allocator fragmentation
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
-          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+# One unit everywhere (side4video.units): GB = 10**9 bytes; GiB = 2**30 bytes is accepted as written.
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "KIB": 1 << 10, "MB": 10**6, "MIB": 1 << 20,
+          "GB": 10**9, "GIB": 1 << 30, "TB": 10**12, "TIB": 1 << 40}
 
 
 def parse_bytes(text: str) -> int:
-    """``"24GB"``, ``"80 GiB"``, ``"40960MB"`` -> bytes. GB and GiB both mean 2**30, as GPUs are sold."""
+    """``"24GB"`` (24 * 10**9), ``"24 GiB"`` (24 * 2**30: how GPU memory is usually sold), ``"40960MiB"`` -> bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
     if m is None or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 24GB or 80GiB")
+        raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 24GiB, 80GiB or 25.7GB")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
@@ -113,7 +115,7 @@ def plan(
     frames = frames or preset.config.num_frames
     budget = usable_bytes(gpu_memory)
     if budget <= 0:
-        raise ValueError(f"a {gpu_memory / 2**30:.2f} GiB GPU leaves nothing once {CONTEXT_BYTES / 2**30:.0f} GiB "
+        raise ValueError(f"a {gpu_memory / GB:.2f} GB GPU leaves nothing once {CONTEXT_BYTES / GB:.2f} GB "
                          f"(CUDA context) and {100 * ALLOCATOR_FRACTION:.0f} % (allocator) are kept free")
     choices = [False, True] if hasattr(preset.config, "checkpoint_parts") else [False]
     if getattr(preset.config, "checkpoint_parts", False):
@@ -123,8 +125,8 @@ def plan(
     if not fitting:
         smallest = min(o.train_memory_bytes for o in options)
         raise ValueError(
-            f"{name} at {frames} frames needs {smallest / 2**30:.1f} GiB for one clip ({precision}), more than "
-            f"the {budget / 2**30:.1f} GiB usable on a {gpu_memory / 2**30:.0f} GiB GPU"
+            f"{name} at {frames} frames needs {smallest / GB:.1f} GB for one clip ({precision}), more than "
+            f"the {budget / GB:.1f} GB usable on a {gpu_memory / GB:.1f} GB GPU"
         )
     per_gpu = None if global_batch is None else math.ceil(global_batch / num_gpus)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..profiler import PRECISIONS
+from ..units import GB
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,17 +64,16 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(prof.to_dict()))
         return 0
-    gib = 1024**3
     print(f"{prof.model} on {prof.backbone}, {prof.frames} frames at {prof.image_size}px, batch {prof.batch_size}, "
           f"{prof.precision}")
     print(f"  parameters        {prof.total_params / 1e6:10.2f} M total, {prof.tunable_params / 1e6:.2f} M tunable")
     print(f"  GFLOPs per view   {prof.gflops_per_view:10.2f}")
-    print(f"  weights           {prof.weight_bytes / gib:10.2f} GiB (+ gradients {prof.grad_bytes / gib:.2f}, "
-          f"AdamW {prof.optimizer_bytes / gib:.2f}, batch {prof.input_bytes / gib:.2f})")
-    print(f"  activations       {prof.activation_bytes / gib:10.2f} GiB kept for backward")
-    print(f"  training memory   {prof.train_memory_bytes / gib:10.2f} GiB predicted peak of a training step")
+    print(f"  weights           {prof.weight_bytes / GB:10.2f} GB (+ gradients {prof.grad_bytes / GB:.2f}, "
+          f"AdamW {prof.optimizer_bytes / GB:.2f}, batch {prof.input_bytes / GB:.2f})")
+    print(f"  activations       {prof.activation_bytes / GB:10.2f} GB kept for backward")
+    print(f"  training memory   {prof.train_memory_bytes / GB:10.2f} GB predicted peak of a training step")
     if prof.measured_peak_bytes is not None:
-        print(f"  measured peak     {prof.measured_peak_bytes / gib:10.2f} GiB on {args.device} "
+        print(f"  measured peak     {prof.measured_peak_bytes / GB:10.2f} GB on {args.device} "
               f"(prediction {100 * prof.prediction_error:+.1f} %), {prof.step_time_s:.3f} s per step")
     return 0
 
@@ -81,7 +81,8 @@ def run_profile(args: argparse.Namespace) -> int:
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="the largest batch of a preset that trains on a GPU, and the accumulation")
     p.add_argument("model", help="preset name (side4video models lists them)")
-    p.add_argument("--gpu-memory", required=True, help="memory of one GPU: 24GB, 80GiB, 40960MB (GB = 2**30 bytes)")
+    p.add_argument("--gpu-memory", required=True,
+                   help="memory of one GPU: 24GiB, 80GiB (as GPUs are sold), or 25.7GB (GB = 10^9 bytes)")
     p.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     p.add_argument("--global-batch", type=int, help="the recipe's batch over all GPUs, reached by accumulation")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default: %(default)s)")
@@ -100,17 +101,16 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(p.to_dict()))
         return 0
-    gib = 2**30
-    print(f"{p.model}, {p.frames} frames, {p.precision}, {p.num_gpus} GPU(s) of {p.gpu_memory_bytes / gib:.1f} GiB: "
-          f"{p.usable_bytes / gib:.1f} GiB usable ({CONTEXT_BYTES / gib:.0f} GiB CUDA context and "
+    print(f"{p.model}, {p.frames} frames, {p.precision}, {p.num_gpus} GPU(s) of {p.gpu_memory_bytes / GB:.1f} GB: "
+          f"{p.usable_bytes / GB:.1f} GB usable ({CONTEXT_BYTES / GB:.2f} GB CUDA context and "
           f"{100 * ALLOCATOR_FRACTION:.0f} % allocator margin kept free)")
     for o in p.options:
         print(f"  {'with' if o.checkpointing else 'without':7s} side-network checkpointing: largest batch "
-              f"{o.batch_size:4d} ({o.train_memory_bytes / gib:.2f} GiB)")
+              f"{o.batch_size:4d} ({o.train_memory_bytes / GB:.2f} GB)")
     total = p.batch_size * p.grad_accum * p.num_gpus
     print(f"  -> batch {p.batch_size} x {p.grad_accum} accumulation step(s) x {p.num_gpus} GPU(s) = {total}"
           f"{'' if p.global_batch is None else f' (recipe: {p.global_batch})'}, "
-          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / gib:.2f} GiB per GPU")
+          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / GB:.2f} GB per GPU")
     return 0
 
 

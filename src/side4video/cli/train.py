@@ -10,6 +10,7 @@ import os
 import typing
 
 from ..engine.config import config_fields, config_types
+from ..units import GB
 
 # The config keys that get their own flag (``--train-list`` sets ``data.train_list``), with their help; the
 # default is added from TrainConfig unless the text says what an unset key means.
@@ -88,7 +89,7 @@ def auto_batch(cfg):
     if p.checkpointing:
         model = dataclasses.replace(model, overrides={**model.overrides, "checkpoint_parts": True})
     print(f"--batch-size auto: {optim.batch_size} x {optim.grad_accum} accumulation step(s) per GPU, "
-          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / 2**30:.1f} GiB predicted")
+          f"checkpointing {'on' if p.checkpointing else 'off'}, {p.train_memory_bytes / GB:.1f} GB predicted")
     return dataclasses.replace(cfg, optim=optim, model=model)
 
 
