@@ -13,8 +13,9 @@ from .captions import (
     read_msvd,
     read_vatex,
 )
-from .check import DataReport, Problem, check_data, format_report
+from .check import DataReport, DataWarning, Problem, check_data, format_report
 from .dataset import BadSample, VideoClipDataset, collate_clips
+from .frame_index import FrameIndex, FrameIndexCache, frame_index
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
 from .randaugment import RandAugment
 from .sampling import dense_indices, sample_indices, segment_indices
@@ -49,6 +50,9 @@ __all__ = [
     "CaptionedSplit",
     "CaptionedSynthetic",
     "DataReport",
+    "DataWarning",
+    "FrameIndex",
+    "FrameIndexCache",
     "ListFormatError",
     "Problem",
     "RandAugment",
@@ -64,6 +68,7 @@ __all__ = [
     "dense_indices",
     "eval_views",
     "format_report",
+    "frame_index",
     "header_frame_count",
     "make_captioned_dataset",
     "make_corrupt_video",
