@@ -70,7 +70,7 @@ class FrameIndex:
     source: Literal["packets", "decode"]  # read from the demuxed packets, or from a full decode
     pts: tuple[int, ...] | None = None  # (count,) pts of frame i, increasing; None: frames known by count only
     keyframes: tuple[int, ...] = ()  # sorted frame positions a decode can start from (after a seek)
-    seek_ts: tuple[int, ...] = ()  # per keyframe, the timestamp to seek to (its dts, else its pts)
+    key_dts: tuple[int, ...] = ()  # per keyframe, its dts (its pts where the packet has none)
     header_count: int | None = None  # the frame count the container declares, if any
     truncated: bool = False  # the last packet is incomplete: the file was cut
     anomalies: tuple[Anomaly, ...] = field(default=())
@@ -96,7 +96,7 @@ class FrameIndex:
         return cls(
             pts=None if pts is None else tuple(pts),
             keyframes=tuple(data.pop("keyframes")),
-            seek_ts=tuple(data.pop("seek_ts")),
+            key_dts=tuple(data.pop("key_dts")),
             anomalies=tuple(Anomaly(**a) for a in data.pop("anomalies")),
             **data,
         )
@@ -166,7 +166,7 @@ def index_from_packets(container: av.container.InputContainer) -> FrameIndex | N
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     sorted_pts = np.asarray(pts, dtype=np.int64)[order]
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order])
-    seek_ts = [pts[i] if dts[i] is None else dts[i] for i in order[keyframes].tolist()]
+    key_dts = [pts[i] if dts[i] is None else dts[i] for i in order[keyframes].tolist()]
     header = stream.frames or None
     anomalies = [
         _count_anomaly(header, len(pts), "the stream holds"),
@@ -182,7 +182,7 @@ def index_from_packets(container: av.container.InputContainer) -> FrameIndex | N
         source="packets",
         pts=tuple(sorted_pts.tolist()),
         keyframes=tuple(keyframes.tolist()),
-        seek_ts=tuple(seek_ts),
+        key_dts=tuple(key_dts),
         header_count=header,
         truncated=bool(corrupt and corrupt[-1]),
         anomalies=tuple(a for a in anomalies if a is not None),
@@ -210,11 +210,11 @@ def index_from_decode(
     frame. With ``seekable``, and when the decoded frames carry unique increasing pts, the index keeps them
     and the keyframes (frames of keyframe packets) for seeking; else frames are known by count only."""
     stream = container.streams.video[0]
-    key_ts: dict[int, int] = {}  # keyframe packets: pts -> timestamp to seek to
+    key_dts: dict[int, int] = {}  # keyframe packets: pts -> dts
 
     def note_keyframe(packet: av.Packet) -> None:
         if packet.is_keyframe and packet.pts is not None:
-            key_ts[packet.pts] = packet.pts if packet.dts is None else packet.dts
+            key_dts[packet.pts] = packet.pts if packet.dts is None else packet.dts
 
     pts = []
     for frame in decode_frames(container, note_keyframe):
@@ -231,13 +231,13 @@ def index_from_decode(
     else:
         anomalies.append(_frame_rate_anomaly(np.asarray(pts, dtype=np.int64), stream.time_base))
     keep = seekable and timed
-    keyframes = [i for i, p in enumerate(pts) if p in key_ts] if keep else []
+    keyframes = [i for i, p in enumerate(pts) if p in key_dts] if keep else []
     return FrameIndex(
         count=count,
         source="decode",
         pts=tuple(pts) if keep else None,
         keyframes=tuple(keyframes),
-        seek_ts=tuple(key_ts[pts[i]] for i in keyframes),
+        key_dts=tuple(key_dts[pts[i]] for i in keyframes),
         header_count=header,
         anomalies=tuple(a for a in anomalies if a is not None),
     )
@@ -307,28 +307,29 @@ def default_cache() -> FrameIndexCache:
     return _default_cache
 
 
-def frame_index(path: str, cache: FrameIndexCache | None = None) -> FrameIndex:
+def frame_index(
+    path: str, cache: FrameIndexCache | None = None, *, container: av.container.InputContainer | None = None
+) -> FrameIndex:
     """The frame index of a video file, from ``cache`` (default: the process-wide one) or built: from the
-    packets, or by a full decode when they lack timestamps. Raises ``VideoReadError``."""
+    packets, or by a full decode when they lack timestamps. ``container``: the file, freshly opened, to
+    demux on a cache miss (it is then left at its end). Raises ``VideoReadError``."""
     cache = default_cache() if cache is None else cache
     key = cache.key(path)
     index = cache.get(key)
     if index is None:
-        index = _build_index(path)
+        try:
+            if container is not None:
+                index = index_from_packets(container)
+            else:
+                with open_video(path) as own:
+                    index = index_from_packets(own)
+            if index is None:
+                with open_video(path) as own:
+                    index = index_from_decode(own)
+        except av.error.FFmpegError as e:
+            raise VideoReadError(path, f"undecodable: {e}") from e
         cache.put(key, index)
     if index.truncated:
         header = f" (the header says {index.header_count} frames)" if index.header_count else ""
         raise VideoReadError(path, f"undecodable: truncated, the last of {index.count} packets is incomplete{header}")
-    return index
-
-
-def _build_index(path: str) -> FrameIndex:
-    try:
-        with open_video(path) as container:
-            index = index_from_packets(container)
-        if index is None:
-            with open_video(path) as container:
-                index = index_from_decode(container)
-    except av.error.FFmpegError as e:
-        raise VideoReadError(path, f"undecodable: {e}") from e
     return index

@@ -61,6 +61,12 @@ class _Overshoot(Exception):
     """A seek that landed after the keyframe it aimed at."""
 
 
+# Container formats (by name) whose seeks compare timestamps with dts: a seek to a keyframe's pts can land
+# on the next keyframe there (MPEG-TS). Learnt from overshooting seeks; elsewhere (MP4, Matroska, AVI) a
+# seek to the pts lands on the keyframe, and one to the dts, earlier than the pts, on the keyframe before.
+_SEEK_BY_DTS: set[str] = set()
+
+
 def header_frame_count(path: str) -> int | None:
     """The frame count the container declares, or None when it gives none (e.g. WebM, Matroska)."""
     with open_video(path) as container:
@@ -137,26 +143,35 @@ def _decode_from(
 
 
 def _read_indexed(
-    path: str, index: FrameIndex, wanted: np.ndarray, convert: Callable[[av.VideoFrame], np.ndarray]
+    path: str,
+    container: av.container.InputContainer,
+    index: FrameIndex,
+    wanted: np.ndarray,
+    convert: Callable[[av.VideoFrame], np.ndarray],
 ) -> dict[int, np.ndarray]:
-    """Decode the sorted unique positions ``wanted`` with a seekable index: per wanted frame, seek to the
-    keyframe at or before it, or decode on when that keyframe is not far enough ahead of the decoder."""
+    """Decode the sorted unique positions ``wanted`` with a seekable index from ``container`` (wherever it
+    stands): per wanted frame, seek to the keyframe at or before it, or decode on when that keyframe is not
+    far enough ahead of the decoder."""
     found: dict[int, np.ndarray] = {}
     keyframes = np.asarray(index.keyframes)
     todo = set(wanted.tolist())
-    container = open_video(path)
+    stream, by_dts = container.streams.video[0], container.format.name in _SEEK_BY_DTS
+    fresh = None  # a new container, for frames before the first keyframe
+    frames, cursor = None, -1  # the decode under way; the position it last gave
     try:
-        frames, cursor = _decode_from(container, index, None, todo), -1  # cursor: last position decoded
         for w in wanted.tolist():
             k = int(np.searchsorted(keyframes, w, side="right")) - 1  # keyframe at or before w
             while w not in found:
-                if w <= cursor or (k >= 0 and keyframes[k] > cursor + SEEK_MARGIN):
+                if frames is None or w <= cursor or (k >= 0 and keyframes[k] > cursor + SEEK_MARGIN):
                     if k < 0:  # only a decode from the very start reaches w
-                        container.close()
-                        container = open_video(path)
+                        if fresh is not None:
+                            fresh.close()
+                        container = fresh = open_video(path)
+                        stream = container.streams.video[0]
                         frames, cursor = _decode_from(container, index, None, todo), -1
                     else:
-                        container.seek(index.seek_ts[k], stream=container.streams.video[0], backward=True)
+                        ts = index.key_dts[k] if by_dts else index.pts[keyframes[k]]
+                        container.seek(ts, stream=stream, backward=True)
                         frames, cursor = _decode_from(container, index, int(keyframes[k]), todo), -1
                 try:
                     for pos, frame in frames:
@@ -168,10 +183,14 @@ def _read_indexed(
                             break
                     else:
                         raise _Disagreement(f"frame {w} never decoded")
-                except _Overshoot:
-                    k, cursor = k - 1, w  # aim at the keyframe before (imprecise seeks, e.g. MPEG-TS)
+                except _Overshoot:  # aim by dts, then at the keyframe before
+                    if by_dts:
+                        k -= 1
+                    by_dts, cursor = True, w
+                    _SEEK_BY_DTS.add(container.format.name)
     finally:
-        container.close()
+        if fresh is not None:
+            fresh.close()
     return found
 
 
@@ -209,10 +228,10 @@ def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB, resized by swscale (bilinear) so that its short side is ``short_side``."""
     h, w = frame.height, frame.width
     if short_side is None or min(h, w) == short_side:
-        return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", threads=1)
     scale = short_side / min(h, w)
     size = dict(height=max(1, round(h * scale)), width=max(1, round(w * scale)))
-    return frame.to_ndarray(format="rgb24", interpolation="BILINEAR", **size)
+    return frame.to_ndarray(format="rgb24", interpolation="BILINEAR", threads=1, **size)
 
 
 def read_video_frames(
@@ -233,26 +252,31 @@ def read_video_frames(
         raise ValueError(f"frame indices must be a non-empty list of non-negative ints, got {indices}")
     wanted = np.unique(indices)  # sorted
     cache = default_cache() if cache is None else cache
-    index = frame_index(path, cache)
     convert = partial(_to_rgb, short_side=short_side)
-    if wanted[-1] < index.count:
+    found = None
+    with open_video(path) as container:
+        index = frame_index(path, cache, container=container)  # one container to index and to read
+        _check_length(path, index, wanted)
         try:
             if index.seekable:
-                found = _read_indexed(path, index, wanted, convert)
+                found = _read_indexed(path, container, index, wanted, convert)
             else:
                 found = _read_sequential(path, wanted, convert)
-        except (_Disagreement, av.error.FFmpegError):  # decode the file whole; what it yields is the truth
-            found = None
-        if found is None or len(found) < wanted.size:
-            try:
-                # a decode index that still disagrees with a decode after a seek: read from the start
-                index, found = _reindex(path, wanted, convert, cache, seekable=index.source == "packets")
-            except av.error.FFmpegError as e:
-                raise VideoReadError(path, f"undecodable: {e}") from e
+        except (_Disagreement, av.error.FFmpegError):  # decode the file whole: what it yields is the truth
+            pass
+    if found is None or len(found) < wanted.size:
+        try:  # a decode index that disagrees with a decode after a seek is replaced by one read from the start
+            index, found = _reindex(path, wanted, convert, cache, seekable=index.source == "packets")
+        except av.error.FFmpegError as e:
+            raise VideoReadError(path, f"undecodable: {e}") from e
+        _check_length(path, index, wanted)
+    return np.stack([found[int(i)] for i in indices])
+
+
+def _check_length(path: str, index: FrameIndex, wanted: np.ndarray) -> None:
     if wanted[-1] >= index.count:
         reason = f"too short: frame {wanted[-1]} requested, video has {index.count}"
         raise VideoReadError(path, reason, "too_short")
-    return np.stack([found[int(i)] for i in indices])
 
 
 def read_frame_folder(
