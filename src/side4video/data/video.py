@@ -240,12 +240,14 @@ def read_video_frames(
     *,
     short_side: int | None = None,
     cache: FrameIndexCache | None = None,
+    container: av.container.InputContainer | None = None,
 ) -> np.ndarray:
     """Decode the frames ``indices`` (0-based) of a video file -> ``(len(indices), H, W, 3)`` uint8 RGB.
 
     ``short_side``: resize each wanted frame at conversion so that its short side has this many pixels
-    (the full-size RGB frame never exists). Raises ``VideoReadError`` when the file is missing, empty or
-    undecodable, or when a requested frame is past the last decodable frame (too short or truncated).
+    (the full-size RGB frame never exists). ``container``: the file already opened, wherever it stands (it
+    is closed after the read). Raises ``VideoReadError`` when the file is missing, empty or undecodable, or
+    when a requested frame is past the last decodable frame (too short or truncated).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0 or indices.min() < 0:
@@ -254,8 +256,9 @@ def read_video_frames(
     cache = default_cache() if cache is None else cache
     convert = partial(_to_rgb, short_side=short_side)
     found = None
-    with open_video(path) as container:
-        index = frame_index(path, cache, container=container)  # one container to index and to read
+    fresh = container is None
+    with open_video(path) if fresh else container as container:
+        index = frame_index(path, cache, container=container if fresh else None)  # a fresh one also indexes
         _check_length(path, index, wanted)
         try:
             if index.seekable:
@@ -306,10 +309,26 @@ def read_frame_folder(
     return np.stack([frames[int(i)] for i in indices])
 
 
+class _FileReader:
+    """``indices -> frames`` of one video file; the first read goes on with the container that indexed it."""
+
+    def __init__(self, path: str, container: av.container.InputContainer, **kwargs):
+        self.path, self.container, self.kwargs = path, container, kwargs
+
+    def __call__(self, indices: Sequence[int]) -> np.ndarray:
+        container, self.container = self.container, None
+        return read_video_frames(self.path, indices, container=container, **self.kwargs)
+
+
 def video_frame_source(
     path: str, *, short_side: int | None = None, cache: FrameIndexCache | None = None
 ) -> tuple[int, Callable[[Sequence[int]], np.ndarray]]:
     """Frame count of a video file (from its frame index) and a function reading frames by index, resized
     to ``short_side`` when given."""
-    n = frame_index(path, cache).count
-    return n, partial(read_video_frames, path, short_side=short_side, cache=cache)
+    container = open_video(path)
+    try:
+        n = frame_index(path, cache, container=container).count
+    except BaseException:
+        container.close()
+        raise
+    return n, _FileReader(path, container, short_side=short_side, cache=cache)
