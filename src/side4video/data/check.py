@@ -70,7 +70,7 @@ def _video_frame_count(path: str, decode: bool) -> tuple[int, list[Anomaly]]:
     decode, compared with the index (a disagreeing index is replaced by the decode in the cache)."""
     cache = default_cache()
     index = frame_index(path, cache)
-    if not decode:
+    if not decode or index.source == "decode":  # (a decode index comes from decoding every frame)
         return index.count, list(index.anomalies)
     try:
         with open_video(path) as container:
