@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from array import array
 
 import numpy as np
 import pytest
@@ -97,13 +98,13 @@ def test_index_disagreeing_with_decode_is_replaced(assets):
     good = frame_index(path, cache)
     key = cache.key(path)
     fake = (good.pts[19] + good.pts[20]) // 2  # a frame between frames 19 and 20
-    cache.put(key, _tampered(good, count=31, pts=tuple(sorted((*good.pts, fake)))))
+    cache.put(key, _tampered(good, count=31, pts=array("q", sorted((*good.pts, fake)))))
     frames = read_video_frames(path, [25, 18, 22], cache=cache)
     for i, frame in zip([25, 18, 22], frames, strict=True):
         np.testing.assert_array_equal(frame, ref[i])
     assert cache.get(key).source == "decode"
     assert cache.get(key).count == 30
-    cache.put(key, _tampered(good, count=31, pts=(*good.pts, good.pts[-1] + 512)))  # one frame too many
+    cache.put(key, _tampered(good, count=31, pts=array("q", (*good.pts, good.pts[-1] + 512))))  # a frame too many
     with pytest.raises(VideoReadError, match="frame 30 requested, video has 30") as e:
         read_video_frames(path, [2, 30], cache=cache)
     assert e.value.kind == "too_short"

@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from typing import Literal
 
 import av
@@ -68,7 +68,7 @@ class FrameIndex:
 
     count: int  # frames a sequential decode yields
     source: Literal["packets", "decode"]  # read from the demuxed packets, or from a full decode
-    pts: tuple[int, ...] | None = None  # (count,) pts of frame i, increasing; None: frames known by count only
+    pts: array | None = None  # (count,) int64 pts of frame i, increasing; None: frames known by count only
     keyframes: tuple[int, ...] = ()  # sorted frame positions a decode can start from (after a seek)
     key_dts: tuple[int, ...] = ()  # per keyframe, its dts (its pts where the packet has none)
     header_count: int | None = None  # the frame count the container declares, if any
@@ -80,13 +80,14 @@ class FrameIndex:
         """Whether frames can be reached by seeking and identified by pts (else: decode from the start)."""
         return self.pts is not None and bool(self.keyframes)
 
-    @cached_property
-    def position(self) -> dict[int, int]:
-        """pts -> frame position."""
+    def positions(self) -> dict[int, int]:
+        """pts -> frame position (built on demand: an index in the cache stays a compact array)."""
         return {p: i for i, p in enumerate(self.pts or ())}
 
     def to_json(self) -> dict:
-        return {"version": _FORMAT_VERSION, **asdict(self)}
+        data = asdict(self)
+        data["pts"] = None if self.pts is None else self.pts.tolist()
+        return {"version": _FORMAT_VERSION, **data}
 
     @classmethod
     def from_json(cls, data: dict) -> FrameIndex:
@@ -94,7 +95,7 @@ class FrameIndex:
             raise ValueError("frame index of another format version")
         pts = data.pop("pts")
         return cls(
-            pts=None if pts is None else tuple(pts),
+            pts=None if pts is None else array("q", pts),
             keyframes=tuple(data.pop("keyframes")),
             key_dts=tuple(data.pop("key_dts")),
             anomalies=tuple(Anomaly(**a) for a in data.pop("anomalies")),
@@ -180,7 +181,7 @@ def index_from_packets(container: av.container.InputContainer) -> FrameIndex | N
     return FrameIndex(
         count=len(pts),
         source="packets",
-        pts=tuple(sorted_pts.tolist()),
+        pts=array("q", sorted_pts.tolist()),
         keyframes=tuple(keyframes.tolist()),
         key_dts=tuple(key_dts),
         header_count=header,
@@ -235,7 +236,7 @@ def index_from_decode(
     return FrameIndex(
         count=count,
         source="decode",
-        pts=tuple(pts) if keep else None,
+        pts=array("q", pts) if keep else None,
         keyframes=tuple(keyframes),
         key_dts=tuple(key_dts[pts[i]] for i in keyframes),
         header_count=header,

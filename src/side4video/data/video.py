@@ -99,10 +99,14 @@ def count_frames(path: str, *, decode: bool = False, cache: FrameIndexCache | No
 
 
 def _decode_from(
-    container: av.container.InputContainer, index: FrameIndex, start: int | None, wanted: set[int]
+    container: av.container.InputContainer,
+    index: FrameIndex,
+    position: dict[int, int],
+    start: int | None,
+    wanted: set[int],
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(position, frame) of the frames decoded after a seek to keyframe ``start``, or from the first frame
-    of a freshly opened container (``start`` None), checked against the index.
+    of a freshly opened container (``start`` None), checked against the index (``position``: pts -> frame).
 
     Frames before ``start`` (leading frames of an open GOP) are dropped. Unwanted non-reference frames
     may be skipped undecoded; any other frame the index promises but the decoder does not output, an
@@ -112,7 +116,7 @@ def _decode_from(
     stream = container.streams.video[0]
     codec = stream.codec_context
     skippable = codec.name in _SKIPPABLE_NONREF
-    position, target = index.position, 0 if start is None else start
+    target = 0 if start is None else start
     skipped: set[int] = set()
     last = None if start is not None else -1  # position of the last frame given; None: not started
     for packet in container.demux(stream):
@@ -154,7 +158,7 @@ def _read_indexed(
     far enough ahead of the decoder."""
     found: dict[int, np.ndarray] = {}
     keyframes = np.asarray(index.keyframes)
-    todo = set(wanted.tolist())
+    todo, position = set(wanted.tolist()), index.positions()
     stream, by_dts = container.streams.video[0], container.format.name in _SEEK_BY_DTS
     fresh = None  # a new container, for frames before the first keyframe
     frames, cursor = None, -1  # the decode under way; the position it last gave
@@ -168,11 +172,11 @@ def _read_indexed(
                             fresh.close()
                         container = fresh = open_video(path)
                         stream = container.streams.video[0]
-                        frames, cursor = _decode_from(container, index, None, todo), -1
+                        frames, cursor = _decode_from(container, index, position, None, todo), -1
                     else:
                         ts = index.key_dts[k] if by_dts else index.pts[keyframes[k]]
                         container.seek(ts, stream=stream, backward=True)
-                        frames, cursor = _decode_from(container, index, int(keyframes[k]), todo), -1
+                        frames, cursor = _decode_from(container, index, position, int(keyframes[k]), todo), -1
                 try:
                     for pos, frame in frames:
                         cursor = pos
