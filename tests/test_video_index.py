@@ -120,7 +120,8 @@ def test_seeks_to_keyframes_instead_of_decoding_everything(assets, monkeypatch):
             yield pos, frame
 
     monkeypatch.setattr(video_module, "_decode_from", counting)
-    read_video_frames(assets["vp9.webm"], [28, 12], cache=FrameIndexCache())  # keyframes at 0, 10, 20
+    assert frame_index(assets["vp9.webm"], FrameIndexCache()).keyframes == (0, 10, 20)
+    read_video_frames(assets["vp9.webm"], [28, 12], cache=FrameIndexCache())
     assert given == [10, 11, 12, *range(20, 29)]  # two seeks
     given.clear()
     read_video_frames(assets["vp9.webm"], [1, 3], cache=FrameIndexCache())
