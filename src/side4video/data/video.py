@@ -110,8 +110,8 @@ def _decode_from(
 
     Frames before ``start`` (leading frames of an open GOP) are dropped. Unwanted non-reference frames
     may be skipped undecoded; any other frame the index promises but the decoder does not output, an
-    unknown pts or a frame out of order raises ``_Disagreement``; a decode that starts past ``start``
-    raises ``_Overshoot``.
+    unknown pts or a frame out of order raises ``_Disagreement``; a decode that starts past ``start`` (or
+    never reaches it) raises ``_Overshoot``.
     """
     stream = container.streams.video[0]
     codec = stream.codec_context
@@ -142,7 +142,9 @@ def _decode_from(
                 raise _Disagreement(f"frame(s) {last + 1}..{pos - 1} not output by the decoder")
             last = pos
             yield pos, frame
-    if last is not None and not skipped.issuperset(range(last + 1, index.count)):
+    if last is None:  # the seek landed past the keyframe, where no frame decodes
+        raise _Overshoot
+    if not skipped.issuperset(range(last + 1, index.count)):
         raise _Disagreement(f"the decode ended after frame {last} of {index.count}")
 
 
