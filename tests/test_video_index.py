@@ -131,7 +131,7 @@ def test_seeks_to_keyframes_instead_of_decoding_everything(assets, monkeypatch):
     cache = FrameIndexCache()
     read_video_frames(assets["h264.ts"], [27, 21], cache=cache)  # a seek to a pts lands past its keyframe
     assert min(given) == 20  # found by seeking to the dts instead, not by decoding from the start
-    assert video_module._SEEK_BY_DTS == {"mpegts"}
+    assert "mpegts" in video_module._SEEK_BY_DTS
     assert cache.get(cache.key(assets["h264.ts"])).source == "packets"  # nothing disagreed
 
 
