@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import DataLoader
 
+from fixtures import frame_numbers, make_corrupt_video, numbered_frames, write_frame_folder
 from side4video.data import (
     CLIP_MEAN,
     CLIP_STD,
@@ -25,7 +26,6 @@ from side4video.data import (
     eval_views,
     format_report,
     header_frame_count,
-    make_corrupt_video,
     read_all_frames,
     read_annotation_list,
     read_frame_folder,
@@ -33,11 +33,9 @@ from side4video.data import (
     read_video_frames,
     segment_indices,
     train_clip,
-    write_frame_folder,
     write_video,
 )
 from side4video.data import randaugment as ra
-from side4video.data.synthetic import frame_numbers, numbered_frames
 from side4video.data.transforms import random_resized_crop_box
 
 # ---- sampling ----------------------------------------------------------------------------------------

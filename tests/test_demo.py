@@ -1,4 +1,5 @@
-"""The main job: on generated MP4s Side4Video learns motion direction; a frame-averaging probe cannot."""
+"""The main job: on generated MP4s Side4Video learns motion direction; a frame-averaging probe cannot.
+And the demo that shows it, run once at a small size: its table, report, results and chart."""
 
 import json
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from side4video import demo
 from side4video.data import make_motion_dataset
 from side4video.demo import FRAMES, IMAGE_SIZE, METHODS, VAL_PER_CLASS, VIDEOS_PER_CLASS, _train_config, run_demo
 from side4video.engine.train import train
@@ -35,15 +37,30 @@ def test_side4video_learns_direction_and_the_frame_mean_probe_cannot(motion, tmp
 
 
 def test_demo_writes_report_chart_and_results(tmp_path, monkeypatch):
-    monkeypatch.setattr("side4video.demo.B16_MEMORY", ("side4video-tiny",) * len(METHODS))
+    # small: 2 training videos and 1 held-out video per class, one epoch; the B/16 column profiled at tiny size
+    monkeypatch.setattr(demo, "VIDEOS_PER_CLASS", 3)
+    monkeypatch.setattr(demo, "VAL_PER_CLASS", 1)
+    monkeypatch.setattr(demo, "B16_MEMORY", ("side4video-tiny",) * len(METHODS))
     results = run_demo(tmp_path, epochs=1)
-    assert [r["model"] for r in results["recognition"]] == [m.model for m in METHODS]
-    assert {r["model"] for r in results["retrieval"]} == {"side4video-retrieval-tiny", "clip4clip-frozen-tiny"}
+
+    rows = results["recognition"]
+    assert [(r["method"], r["model"]) for r in rows] == [(m.label, m.model) for m in METHODS]
+    assert all(r["epochs"] == 1 and r["top1"] in (0.0, 25.0, 50.0, 75.0, 100.0) for r in rows)  # 4 videos
+    retrieval = results["retrieval"]
+    assert [r["model"] for r in retrieval] == [m.model for m in demo.RETRIEVAL_METHODS]
+    assert all((r["num_videos"], r["num_texts"]) == (16, 48) for r in retrieval)  # 4 colours x 2 shapes x 2
+
     report = (tmp_path / "report.md").read_text()
-    for r in results["recognition"]:
-        assert f"`{r['model']}` | {r['top1']:.1f}" in report
+    assert "2 training and 1 held-out videos per class" in report
+    assert "Chance is 25 %" in report
+    for r in rows:
+        assert f"| {r['method']} | `{r['model']}` | {r['top1']:.1f} | {r['tunable_params']:,} |" in report
+    for r in retrieval:
+        assert f"| {r['method']} | `{r['model']}` | {r['t2v_r1']:.1f} | {r['t2v_r5']:.1f} |" in report
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # ZeroI2V is evaluated after its merge into the plain ViT, and the merge is verified
     merged = tmp_path / "zeroi2v-tiny" / "merged"
     assert (merged / "model.safetensors").is_file()
     assert json.loads((merged / "config.json").read_text())["merge_max_abs_diff"] <= 1e-5

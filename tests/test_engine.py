@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -15,24 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from side4video.engine import (
-    ConfigError,
-    NonFiniteLossError,
-    TrainConfig,
-    WarmupCosine,
-    atomic_save,
-    build_optimizer,
-    build_scheduler,
-    classification_metrics,
-    load_checkpoint,
-    load_model_for_inference,
-    param_groups,
-    predict_views,
-    resolve_config,
-    train,
-)
-from side4video.engine.config import parse_set
-from side4video.models import create_model
+from side4video.engine.checkpoint import atomic_save, load_checkpoint, load_model
+from side4video.engine.config import ConfigError, TrainConfig, make_config, replace, resolve_config
+from side4video.engine.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups
+from side4video.engine.recognition import predict_views
+from side4video.engine.train import NonFiniteLossError, train
+from side4video.metrics import classification_metrics
+from side4video.models import create_model, get_preset
+from side4video.typed_config import parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model="side4video-tiny", num_classes=2, frames=2, image_size=32)
@@ -44,7 +33,7 @@ def tiny_cfg(out: Path, **kw) -> TrainConfig:
         device="cpu", output_dir=str(out), test_crops=1, test_clips=2, eval_chunk=3, tensorboard=False,
         log_every=1, label_smoothing=0.1,
     )
-    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+    return make_config(**{**base, **kw})
 
 
 class ToyClips(torch.utils.data.Dataset):
@@ -122,24 +111,32 @@ def test_config_precedence_and_typed_set(tmp_path):
                          ["batch_size=3", "clip_grad=1.5", "amp=false", "betas=0.8,0.9",
                           "model_overrides.dropout=0.3", "model_overrides.taps=top", "resume=none",
                           "augment.flip_label_pairs=[[1, 2]]"])
-    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.clip_grad, cfg.amp) == (0.01, 7, 3, 1.5, False)
-    assert cfg.betas == (0.8, 0.9)
-    assert cfg.resume is None
-    assert cfg.model_overrides == {"dropout": 0.3, "taps": "top"}
-    assert cfg.augment == {"grayscale": 0.2, "flip_label_pairs": ((1, 2),)}
-    assert create_model(cfg.model, num_classes=2, **cfg.model_overrides).head.dropout.p == 0.3
+    o = cfg.optim
+    assert (o.lr, o.epochs, o.batch_size, o.clip_grad, o.amp) == (0.01, 7, 3, 1.5, False)
+    assert o.betas == (0.8, 0.9)
+    assert cfg.run.resume is None
+    assert cfg.model.overrides == {"dropout": 0.3, "taps": "top"}
+    assert cfg.data.augment == {"grayscale": 0.2, "flip_label_pairs": ((1, 2),)}
+    assert create_model(cfg.model.name, num_classes=2, **cfg.model.overrides).head.dropout.p == 0.3
+    # The same keys grouped, dotted, or flat give the same config.
+    grouped = resolve_config(None, {"model": "side4video-tiny"}, ["optim.lr=0.01", "data.augment.grayscale=0.2"])
+    flat = resolve_config(None, {"model": "side4video-tiny"}, ["lr=0.01", "augment.grayscale=0.2"])
+    assert grouped == flat
+    assert grouped == make_config({"model": {"name": "side4video-tiny"}, "optim": {"lr": 0.01}},
+                                  data={"augment": {"grayscale": 0.2}})
 
 
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ({"sets": ["learning_rate=1"]}, "unknown key 'learning_rate'; valid keys: ['model'"),
-        ({"yaml": "epochz: 3\n"}, "unknown key 'epochz'; valid keys: ['model'"),
-        ({"sets": ["model_overrides.dropot=0.3"]}, "unknown key model_overrides.'dropot'; valid keys: ["),
-        ({"sets": ["augment.flipp=0.3"]}, "unknown key augment.'flipp'; valid keys: ["),
-        ({"sets": ["epochs=two"]}, "epochs: expected an integer, got 'two'"),
+        ({"sets": ["learning_rate=1"]}, "unknown key 'learning_rate'; valid keys: ["),
+        ({"yaml": "epochz: 3\n"}, "unknown key 'epochz'; valid keys: ["),
+        ({"sets": ["optim.lrr=3"]}, "unknown key 'optim.lrr'; valid keys: ["),
+        ({"sets": ["model_overrides.dropot=0.3"]}, "unknown key model.overrides.'dropot'; valid keys: ["),
+        ({"sets": ["augment.flipp=0.3"]}, "unknown key data.augment.'flipp'; valid keys: ["),
+        ({"sets": ["epochs=two"]}, "optim.epochs: expected an integer, got 'two'"),
         ({"sets": ["amp_dtype=float8"]}, "is not one of ['bfloat16', 'float16']"),
-        ({"sets": ["model_overrides.num_classes=3"]}, "unknown key model_overrides.'num_classes'"),
+        ({"sets": ["model_overrides.num_classes=3"]}, "unknown key model.overrides.'num_classes'"),
     ],
 )
 def test_config_errors_name_the_key_and_list_valid_ones(tmp_path, source, message):
@@ -150,7 +147,9 @@ def test_config_errors_name_the_key_and_list_valid_ones(tmp_path, source, messag
     with pytest.raises(ConfigError) as e:
         resolve_config(path, {"model": "side4video-tiny"}, source.get("sets", ()))
     assert message in str(e.value)
-    if "valid keys" in message and "model_overrides" in message:
+    if "valid keys: [" in message and "." not in message.split("valid keys")[0].split("key ")[1]:
+        assert "'lr'" in str(e.value)  # a flat key: every flat key is listed
+    if "valid keys" in message and "overrides" in message:
         assert "'dropout'" in str(e.value)
         assert "'side_width'" in str(e.value)
 
@@ -158,8 +157,8 @@ def test_config_errors_name_the_key_and_list_valid_ones(tmp_path, source, messag
 def test_parse_set_rejects_malformed_items():
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set(["lr"])
-    with pytest.raises(ConfigError, match="dotted keys must start with"):
-        parse_set(["optim.lr=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_set(["=1"])
 
 
 RECIPES = {  # (lr, epochs, warmup, repeated_aug, crops x clips) from the paper's Table 12
@@ -181,20 +180,21 @@ def test_every_yaml_config_loads():
     for path in files:
         cfg = resolve_config(path)
         dataset, model = path.stem.split("_", 1)
-        assert cfg.model == model
-        assert cfg.weight_decay == 0.15
-        assert cfg.label_smoothing == 0.1
-        assert cfg.num_classes == (400 if dataset == "k400" else 174)
-        assert cfg.betas == (0.9, 0.999)
+        assert cfg.model.name == model
+        assert cfg.optim.weight_decay == 0.15
+        assert cfg.optim.label_smoothing == 0.1
+        assert cfg.model.num_classes == (400 if dataset == "k400" else 174)
+        assert cfg.optim.betas == (0.9, 0.999)
         if dataset == "k400":
-            assert cfg.augment == {"grayscale": 0.2}
+            assert cfg.data.augment == {"grayscale": 0.2}
         else:
-            assert cfg.augment["rand_augment"] == "rand-m7-n4-mstd0.5-inc1"
-            assert cfg.augment["flip_label_pairs"] == ((86, 87), (93, 94), (166, 167))
+            assert cfg.data.augment["rand_augment"] == "rand-m7-n4-mstd0.5-inc1"
+            assert cfg.data.augment["flip_label_pairs"] == ((86, 87), (93, 94), (166, 167))
         if path.stem in RECIPES:
             lr, epochs, warmup, rep, views = RECIPES[path.stem]
-            assert (cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.repeated_aug) == (lr, epochs, warmup, rep)
-            assert (cfg.test_crops, cfg.test_clips) == views
+            o = cfg.optim
+            assert (o.lr, o.epochs, o.warmup_epochs, cfg.data.repeated_aug) == (lr, epochs, warmup, rep)
+            assert (cfg.eval.test_crops, cfg.eval.test_clips) == views
 
 
 # ---- optimiser and schedule -------------------------------------------------------------------------
@@ -202,12 +202,13 @@ def test_every_yaml_config_loads():
 
 def test_param_groups_decay_only_matrices_of_trainable_params():
     model = create_model("side4video-tiny", num_classes=2, num_frames=2, image_size=32)
-    groups = {g["name"]: set(g["names"]) for g in param_groups(model, 0.1)}
-    decay, no_decay = groups["decay"], groups["no_decay"]
-    assert {"stem.weight", "head.fc.weight", "blocks.0.attn.in_proj_weight", "down.0.proj.weight",
-            "blocks.1.mlp.fc1.weight", "blocks.0.temporal.dw.weight"} <= decay
-    assert {"pos_embed", "stem.bias", "stem_norm.weight", "head.norm.weight", "blocks.0.norm_attn.weight",
-            "blocks.0.attn.in_proj_bias", "down.0.norm.bias", "head.fc.bias"} <= no_decay
+    groups = {g["name"]: set(g["names"]) for g in param_groups(model, 0.1, 1e-3)}
+    decay, no_decay = groups["default_decay"], groups["default_no_decay"]
+    assert {"side.stem.weight", "head.fc.weight", "side.blocks.0.attn.in_proj_weight", "side.down.0.proj.weight",
+            "side.blocks.1.mlp.fc1.weight", "side.blocks.0.temporal.dw.weight"} <= decay
+    assert {"side.pos_embed", "side.stem.bias", "side.stem_norm.weight", "head.norm.weight",
+            "side.blocks.0.norm_attn.weight", "side.blocks.0.attn.in_proj_bias", "side.down.0.norm.bias",
+            "head.fc.bias"} <= no_decay
     assert not decay & no_decay
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert decay | no_decay == trainable
@@ -220,12 +221,26 @@ def test_param_groups_put_embeddings_and_vectors_in_no_decay():
     vit = create_model("side4video-tiny", num_classes=2, image_size=32).backbone
     for p in vit.parameters():
         p.requires_grad_(True)
-    names = {g["name"]: set(g["names"]) for g in param_groups(vit, 0.1)}
-    assert {"class_embedding", "positional_embedding", "ln_pre.weight"} <= names["no_decay"]
-    assert {"conv1.weight", "proj", "transformer.resblocks.0.attn.in_proj_weight"} <= names["decay"]
+    names = {g["name"]: set(g["names"]) for g in param_groups(vit, 0.1, 1e-3)}
+    assert {"class_embedding", "positional_embedding", "ln_pre.weight"} <= names["default_no_decay"]
+    assert {"conv1.weight", "proj", "transformer.resblocks.0.attn.in_proj_weight"} <= names["default_decay"]
     zeroi2v = create_model("zeroi2v-tiny", num_classes=2, image_size=32)
-    names = {g["name"]: set(g["names"]) for g in param_groups(zeroi2v, 0.1)}
-    assert "backbone.embed_hook.embedding" in names["no_decay"]  # ZeroI2V's temporal embedding
+    names = {g["name"]: set(g["names"]) for g in param_groups(zeroi2v, 0.1, 1e-3)}
+    assert "backbone.embed_hook.embedding" in names["default_no_decay"]  # ZeroI2V's temporal embedding
+
+
+def test_retrieval_param_groups_split_clip_parts_by_lr_with_the_same_decay_rule():
+    model = create_model("side4video-retrieval-tiny")
+    groups = {g["name"]: g for g in build_optimizer(model, 1e-4, 0.2, (0.9, 0.98), group_lrs={"clip": 1e-7}
+                                                    ).param_groups}
+    assert set(groups) == {"clip_decay", "clip_no_decay", "default_decay", "default_no_decay"}
+    assert {g["lr"] for n, g in groups.items() if n.startswith("clip")} == {1e-7}
+    assert {g["lr"] for n, g in groups.items() if n.startswith("default")} == {1e-4}
+    # one decay rule for both towers: embeddings and norms never decay, matrices do
+    assert {"text.token_embedding.weight", "text.positional_embedding", "text.logit_scale",
+            "backbone.ln_post.weight"} <= set(groups["clip_no_decay"]["names"])
+    assert {"text.transformer.resblocks.0.attn.in_proj_weight", "backbone.proj"} <= set(groups["clip_decay"]["names"])
+    assert "up.weight" in groups["default_decay"]["names"]
 
 
 def test_warmup_then_cosine_per_step():
@@ -285,7 +300,7 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
     with pytest.raises(Interrupt):
         train(part, InterruptAtEpoch(10, stop=2), ToyClips(5, views=2))
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
-    resumed = train(dataclasses.replace(part, resume="auto"), ToyClips(10), ToyClips(5, views=2))
+    resumed = train(replace(part, resume="auto"), ToyClips(10), ToyClips(5, views=2))
 
     assert (tmp_path / "part" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
     assert resumed == metrics
@@ -294,9 +309,9 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     ckpt = a
     assert set(ckpt) >= {"model_name", "model_config", "model", "optimizer", "scheduler", "scaler", "epoch",
-                         "step", "best_top1", "rng", "train_config"}
+                         "step", "best_metric", "rng", "train_config"}
     assert ckpt["model_config"]["num_classes"] == 2
-    assert ckpt["train_config"]["lr"] == 3e-3
+    assert ckpt["train_config"]["optim"]["lr"] == 3e-3
     assert (tmp_path / "full" / "best.pt").is_file()
     log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r["type"] == "epoch"] == [1, 2]
@@ -332,8 +347,8 @@ def test_mixup_trains_and_frozen_weights_can_stay_out_of_checkpoints(tmp_path):
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert not any(k.startswith("backbone.") for k in ckpt["model"])
     assert "head.fc.weight" in ckpt["model"]
-    with pytest.raises(ValueError, match="no frozen backbone weights"):
-        load_model_for_inference(tmp_path / "last.pt")  # a random backbone cannot be rebuilt
+    with pytest.raises(ValueError, match="no pretrained backbone file was given"):
+        load_model(tmp_path / "last.pt")  # a random backbone cannot be rebuilt
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -357,7 +372,7 @@ def test_classification_metrics_top_k_and_mean_class_accuracy():
         [0.2, 0.3, 0.5],  # label 2: top-1 hit
     ])
     labels = np.array([0, 1, 1, 2])
-    m = classification_metrics(probs, labels, topk=(1, 2, 5))
+    m = classification_metrics(probs, labels, ks=(1, 2, 5))
     assert m["top1"] == 50.0
     assert m["top2"] == 100.0
     assert m["top5"] == 100.0
@@ -384,12 +399,10 @@ def test_torchrun_two_process_gloo_run_counts_every_sample_once(tmp_path):
     assert metrics["val"]["num_samples"] == 5
     assert math.isfinite(metrics["train_loss"])
     # The same checkpoint evaluated in one process gives the same numbers.
-    model, cfg = load_model_for_inference(out / "last.pt")
+    model, cfg = load_model(out / "last.pt", with_config=True)
     from side4video.engine.distributed import DistInfo
-    from side4video.engine.tasks import get_task
-    from side4video.engine.train import make_loader
 
-    task = get_task("recognition")
-    loader = make_loader(task.build_dataset(cfg, train=False), cfg, DistInfo(), train=False)
+    task = get_preset(cfg.model.name).task
+    loader = task.make_loader(task.build_dataset(cfg, model.cfg, train=False), cfg, DistInfo(), train=False)
     single, _ = task.evaluate(model, loader, cfg, DistInfo())
     assert single == pytest.approx(metrics["val"])

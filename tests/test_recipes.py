@@ -1,7 +1,6 @@
 """Recipe configs: every YAML in configs/ loads, validates and builds its model (on the meta device), and
 the ST-Adapter, ZeroI2V and retrieval recipes carry the values their papers state."""
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 from side4video.data import AugmentConfig
 from side4video.data.sampling import sample_indices
 from side4video.engine.config import TrainConfig, resolve_config
-from side4video.engine.tasks import get_task
+from side4video.engine.recognition import RECOGNITION
+from side4video.engine.train import make_model, make_optimizer
 from side4video.methods.zeroi2v import LinearAdapter
 from side4video.models import get_preset
 
@@ -30,13 +30,12 @@ def load(stem: str) -> TrainConfig:
 
 def build_on_meta(cfg: TrainConfig) -> torch.nn.Module:
     """The model the training engine builds from ``cfg``, without weights (no checkpoint is read)."""
-    task = get_task(get_preset(cfg.model).task)
     with torch.device("meta"):
-        return task.build_model(dataclasses.replace(cfg, pretrained=None))
+        return make_model(cfg, pretrained=False)
 
 
 def total_batch(cfg: TrainConfig) -> int:
-    return cfg.batch_size * GPUS * cfg.grad_accum
+    return cfg.optim.batch_size * GPUS * cfg.optim.grad_accum
 
 
 def trainable(model: torch.nn.Module) -> int:
@@ -46,36 +45,38 @@ def trainable(model: torch.nn.Module) -> int:
 def check_schedule(cfg: TrainConfig, steps: int, videos: int) -> None:
     """``cfg.epochs`` covers the paper's ``steps`` optimiser steps to within one epoch."""
     steps_per_epoch = videos / total_batch(cfg)
-    assert abs(cfg.epochs * steps_per_epoch - steps) <= steps_per_epoch
+    assert abs(cfg.optim.epochs * steps_per_epoch - steps) <= steps_per_epoch
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_loads_validates_and_builds(path):
     cfg = resolve_config(path)
     dataset, model = path.stem.split("_", 1)
-    assert cfg.model == model
-    assert cfg.output_dir == f"runs/{path.stem}"
-    preset = get_preset(cfg.model)
-    AugmentConfig(**cfg.augment)  # the data pipeline accepts the policy string and the flip pairs
+    assert cfg.model.name == model
+    assert cfg.run.output_dir == f"runs/{path.stem}"
+    preset = get_preset(cfg.model.name)
+    AugmentConfig(**cfg.data.augment)  # the data pipeline accepts the policy string and the flip pairs
     net = build_on_meta(cfg)
     assert isinstance(net, preset.build)
-    assert net.cfg.num_frames == cfg.frames
-    for key, value in cfg.model_overrides.items():
+    assert net.cfg.num_frames == cfg.model.frames
+    for key, value in cfg.model.overrides.items():
         assert getattr(net.cfg, key) == value
-    video = torch.empty(2, 3, cfg.frames, cfg.image_size, cfg.image_size, device="meta")
-    if preset.task == "recognition":
-        assert net.cfg.num_classes == cfg.num_classes == NUM_CLASSES[dataset]
-        assert net(video).shape == (2, cfg.num_classes)
-        frames = sample_indices(cfg.sampling, 300, cfg.frames, train=False, frame_interval=cfg.frame_interval)
-        assert len(frames) == cfg.frames
+    size = cfg.model.image_size
+    video = torch.empty(2, 3, cfg.model.frames, size, size, device="meta")
+    if preset.task is RECOGNITION:
+        assert net.cfg.num_classes == cfg.model.num_classes == NUM_CLASSES[dataset]
+        assert net(video).shape == (2, cfg.model.num_classes)
+        d = cfg.data
+        frames = sample_indices(d.sampling, 300, cfg.model.frames, train=False, frame_interval=d.frame_interval)
+        assert len(frames) == cfg.model.frames
         assert np.all(np.diff(frames) > 0)
         assert frames[-1] < 300
     else:
-        assert cfg.caption_format == dataset
+        assert cfg.data.caption_format == dataset
         assert net.encode_video(video).shape[:1] == (2,)
-    optimizer = get_task(preset.task).build_optimizer(net, cfg)
-    assert all(g["betas"] == cfg.betas for g in optimizer.param_groups)
-    assert max(g["weight_decay"] for g in optimizer.param_groups) == cfg.weight_decay
+    optimizer = make_optimizer(net, cfg)
+    assert all(g["betas"] == cfg.optim.betas for g in optimizer.param_groups)
+    assert max(g["weight_decay"] for g in optimizer.param_groups) == cfg.optim.weight_decay
     optimized = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     assert optimized == trainable(net) > 0
 
@@ -102,19 +103,20 @@ def st_adapter_params(width: int, bottleneck: int = 384, kernel_t: int = 3) -> i
 def test_st_adapter_recipe(stem, steps, adapters, width):
     cfg = load(stem)
     kinetics = stem.startswith("k400")
-    assert (total_batch(cfg), cfg.lr, cfg.weight_decay) == (128, 5e-4, 0.01)
+    assert (total_batch(cfg), cfg.optim.lr, cfg.optim.weight_decay) == (128, 5e-4, 0.01)
     check_schedule(cfg, steps, K400_TRAIN if kinetics else SSV2_TRAIN)
-    aug = AugmentConfig(**cfg.augment)
+    aug = AugmentConfig(**cfg.data.augment)
+    d, e = cfg.data, cfg.eval
     if kinetics:  # 8 frames 16 apart, mirror, no RandAugment; 3 temporal x 1 spatial views
-        assert (cfg.sampling, cfg.frame_interval, cfg.test_crops, cfg.test_clips) == ("dense", 16, 1, 3)
+        assert (d.sampling, d.frame_interval, e.test_crops, e.test_clips) == ("dense", 16, 1, 3)
         assert (aug.flip, aug.rand_augment) == (0.5, None)
         assert aug.ratio == (1.0, 1.0)  # square crops, as a short-side jitter then a 224 crop gives
     else:  # TSN sampling, no mirror, RandAugment; 1 temporal x 3 spatial views
-        assert (cfg.sampling, cfg.test_crops, cfg.test_clips) == ("segment", 3, 1)
+        assert (d.sampling, e.test_crops, e.test_clips) == ("segment", 3, 1)
         assert aug.flip == 0.0
         assert aug.rand_augment_op is not None
     net = build_on_meta(cfg)
-    head = width * cfg.num_classes + cfg.num_classes
+    head = width * cfg.model.num_classes + cfg.model.num_classes
     assert trainable(net) == adapters * st_adapter_params(width) + head
     if stem == "k400_st-adapter-b16":  # paper: 12 x 384 adapters add 7.11 M parameters
         assert trainable(net) - head == 7_110_144
@@ -130,9 +132,10 @@ ZEROI2V = ["k400_zeroi2v-b16", "k400_zeroi2v-l14", "ssv2_zeroi2v-b16", "ssv2_zer
 def test_zeroi2v_recipe(stem):
     cfg = load(stem)
     kinetics = stem.startswith("k400")
-    assert (total_batch(cfg), cfg.lr, cfg.weight_decay) == (64, 3e-4, 0.05)
-    assert cfg.epochs == (40 if kinetics else 50)
-    aug = AugmentConfig(**cfg.augment)
+    assert (total_batch(cfg), cfg.optim.lr, cfg.optim.weight_decay) == (64, 3e-4, 0.05)
+    assert cfg.optim.epochs == (40 if kinetics else 50)
+    aug = AugmentConfig(**cfg.data.augment)
+    d, e, o = cfg.data, cfg.eval, cfg.optim
     policy = aug.rand_augment_op
     assert (policy.magnitude, policy.num_ops, aug.flip) == (7, 4, 0.5)
     net = build_on_meta(cfg)
@@ -142,10 +145,10 @@ def test_zeroi2v_recipe(stem):
     temporal = (1, -1) if stem.endswith("b16") else (1, 1, -1, -1)  # 8 frames: the same in both tables
     assert net.head_offsets == temporal + (0,) * (len(net.head_offsets) - len(temporal))
     if kinetics:  # 8 frames 16 apart, no label smoothing; 3 temporal x 1 spatial views
-        assert (cfg.sampling, cfg.frame_interval, cfg.label_smoothing) == ("dense", 16, 0.0)
-        assert (cfg.test_crops, cfg.test_clips, aug.flip_label_pairs) == (1, 3, ())
+        assert (d.sampling, d.frame_interval, o.label_smoothing) == ("dense", 16, 0.0)
+        assert (e.test_crops, e.test_clips, aug.flip_label_pairs) == (1, 3, ())
     else:  # TSN, label smoothing 0.1, label-aware flip; 1 temporal x 3 spatial views
-        assert (cfg.sampling, cfg.label_smoothing, cfg.test_crops, cfg.test_clips) == ("segment", 0.1, 3, 1)
+        assert (d.sampling, o.label_smoothing, e.test_crops, e.test_clips) == ("segment", 0.1, 3, 1)
         assert aug.flip_label_pairs == SS_FLIP_PAIRS
         assert net.cfg.offset_table == "ssv2"
 
@@ -161,19 +164,20 @@ RETRIEVAL = [
 @pytest.mark.parametrize("stem", RETRIEVAL)
 def test_retrieval_recipe(stem):
     cfg = load(stem)
-    assert (cfg.task, cfg.val_split, cfg.frames) == ("retrieval", "test", 12)
-    assert (total_batch(cfg), cfg.epochs) == (128, 5)
-    assert cfg.warmup_epochs / cfg.epochs == pytest.approx(0.1)
-    assert (cfg.lr, cfg.lr_clip, cfg.betas) == (1e-4, 1e-7, (0.9, 0.98))
-    assert cfg.tokenizer is not None
+    o = cfg.optim
+    assert (cfg.model.task, cfg.data.val_split, cfg.model.frames) == ("retrieval", "test", 12)
+    assert (total_batch(cfg), o.epochs) == (128, 5)
+    assert o.warmup_epochs / o.epochs == pytest.approx(0.1)
+    assert (o.lr, o.lr_clip, o.betas) == (1e-4, 1e-7, (0.9, 0.98))
+    assert cfg.data.tokenizer is not None
     net = build_on_meta(cfg)
     assert net.cfg.text_length == 32
-    optimizer = get_task("retrieval").build_optimizer(net, cfg)
+    optimizer = make_optimizer(net, cfg)
     lrs = {g["name"].split("_", 1)[0]: g["lr"] for g in optimizer.param_groups}
     if "clip4clip-frozen" in stem:  # only CLIP's text tower trains
         assert lrs == {"clip": 1e-7}
         assert not any(p.requires_grad for p in net.backbone.parameters())
     else:  # the side network is new; the ViT's blocks stay frozen, its output projection trains
-        assert lrs == {"clip": 1e-7, "new": 1e-4}
+        assert lrs == {"clip": 1e-7, "default": 1e-4}
         assert net.backbone.proj.requires_grad
         assert not any(p.requires_grad for p in net.backbone.blocks.parameters())

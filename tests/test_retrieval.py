@@ -13,15 +13,14 @@ import torch.nn.functional as F
 
 from side4video.backbones.text import TEXT_TOWERS, TextConfig
 from side4video.backbones.vit import VisionConfig, build_vit
+from side4video.engine.optim import param_groups
+from side4video.engine.retrieval import RETRIEVAL, all_gather_with_grad, contrastive_loss, symmetric_infonce
 from side4video.methods.retrieval import (
     Clip4Clip,
     Clip4ClipConfig,
     RetrievalConfig,
     Side4VideoRetrieval,
     TokenWiseMatching,
-    all_gather_with_grad,
-    param_groups,
-    symmetric_infonce,
 )
 from side4video.models import build_model, create_model, get_preset, list_models, make_config
 
@@ -65,7 +64,7 @@ def test_zero_init_up_projection_gives_clip_frame_embeddings():
     assert got.shape == (4, FRAMES, 32)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with torch.no_grad():
-        model.head.weight.normal_()
+        model.up.weight.normal_()
         assert not torch.allclose(model.encode_video(video), want)
 
 
@@ -116,7 +115,9 @@ def test_loss_is_symmetric_infonce_of_scaled_similarity():
         logits = sim * model.text.logit_scale.exp()
         labels = torch.arange(4)
         want = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-        torch.testing.assert_close(model(video, ids, mask), want)
+        torch.testing.assert_close(contrastive_loss(model, video, ids, mask), want)
+        video_emb, text_emb = model(video, ids, mask)  # the model itself only embeds
+        torch.testing.assert_close(model.similarity(video_emb, text_emb, mask), sim)
         torch.testing.assert_close(symmetric_infonce(logits), want)
         assert sim.shape == (4, 4)
         torch.testing.assert_close(
@@ -128,14 +129,14 @@ def test_loss_is_symmetric_infonce_of_scaled_similarity():
 def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit():
     model = side_model().train()
     video, ids, mask = batch()
-    model(video, ids, mask).backward()
+    contrastive_loss(model, video, ids, mask).backward()
     # U_p starts at zero: only U_p itself is reached through it
-    assert model.head.weight.grad.abs().sum() > 0
-    assert model.stem.weight.grad is None or model.stem.weight.grad.abs().sum() == 0
+    assert model.up.weight.grad.abs().sum() > 0
+    assert model.side.stem.weight.grad is None or model.side.stem.weight.grad.abs().sum() == 0
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        model.head.weight.normal_(std=0.1)
-    model(video, ids, mask).backward()
+        model.up.weight.normal_(std=0.1)
+    contrastive_loss(model, video, ids, mask).backward()
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     for name, p in model.named_parameters():
         if name.startswith("backbone.") and not name.startswith(("backbone.ln_post", "backbone.proj")):
@@ -143,7 +144,7 @@ def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit():
             assert p.grad is None, name
         else:
             assert name in trained, name
-    reached = ("stem.weight", "blocks.0.attn.in_proj_weight", "down.1.proj.weight", "head.weight",
+    reached = ("side.stem.weight", "side.blocks.0.attn.in_proj_weight", "side.down.1.proj.weight", "up.weight",
                "matching.text_weight.2.weight", "matching.frame_weight.2.weight", "backbone.ln_post.weight",
                "backbone.proj", "text.token_embedding.weight", "text.text_projection", "text.logit_scale",
                "text.transformer.resblocks.0.attn.in_proj_weight")
@@ -154,14 +155,15 @@ def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit():
 
 def test_param_groups_split_clip_parts_and_new_modules():
     model = side_model()
-    groups = param_groups(model, lr_new=1e-4, lr_clip=1e-7, weight_decay=0.2)
+    groups = param_groups(model, 0.2, 1e-4, {"clip": 1e-7})
     by_id = {id(p): g for g in groups for p in g["params"]}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert len(by_id) == len(trainable) == sum(len(g["params"]) for g in groups)
     for name, p in trainable.items():
         clip_part = name.startswith(("text.", "backbone.ln_post", "backbone.proj"))
         assert by_id[id(p)]["lr"] == (1e-7 if clip_part else 1e-4), name
-        assert by_id[id(p)]["weight_decay"] == (0.2 if p.ndim >= 2 else 0.0), name
+        if p.ndim < 2:
+            assert by_id[id(p)]["weight_decay"] == 0.0, name
     torch.optim.Adam(groups, betas=(0.9, 0.98))  # accepted by a torch optimizer
 
 
@@ -176,10 +178,10 @@ def test_clip4clip_frozen_is_mean_of_normalised_clip_frames_and_trains_only_text
         text = model.encode_text(ids, mask)
         cosine = F.cosine_similarity(text[:, None], emb[None], dim=-1)  # (texts, videos)
         torch.testing.assert_close(model.similarity(emb, text), cosine)
-    model(video, ids, mask).backward()
+    contrastive_loss(model, video, ids, mask).backward()
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
     assert all(p.grad is not None for p in model.text.parameters())
-    assert {g["lr"] for g in param_groups(model, lr_new=1.0, lr_clip=2.0)} == {2.0}
+    assert {g["lr"] for g in param_groups(model, 0.0, 1.0, {"clip": 2.0})} == {2.0}
     assert not model.backbone.training
 
 
@@ -187,10 +189,10 @@ def test_clip4clip_frozen_is_mean_of_normalised_clip_frames_and_trains_only_text
 def test_tiny_retrieval_model_learns_fixed_pairs(build):
     model = build().train()
     video, ids, mask = batch(b=8, seed=1)
-    opt = torch.optim.Adam(param_groups(model, lr_new=3e-3, lr_clip=3e-3, weight_decay=0.0))
+    opt = torch.optim.Adam(param_groups(model, 0.0, 3e-3, {"clip": 3e-3}))
     losses = []
     for _ in range(30):
-        loss = model(video, ids, mask)
+        loss = contrastive_loss(model, video, ids, mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -199,7 +201,7 @@ def test_tiny_retrieval_model_learns_fixed_pairs(build):
 
 
 def test_presets_configs_and_checkpoint_round_trip():
-    names = [n for n in list_models() if get_preset(n).task == "retrieval"]
+    names = [n for n in list_models() if get_preset(n).task is RETRIEVAL]
     assert {"side4video-retrieval-b32", "side4video-retrieval-b16", "side4video-retrieval-l14",
             "side4video-retrieval-e14", "side4video-retrieval-tiny", "clip4clip-frozen-b32",
             "clip4clip-frozen-b16", "clip4clip-frozen-l14", "clip4clip-frozen-tiny"} <= set(names)

@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fixtures import make_corrupt_video
 from side4video.backbones.text import TEXT_TOWERS, TextTransformer
 from side4video.backbones.tokenizer import load_tokenizer
 from side4video.backbones.vit import build_vit
 from side4video.cli import main
-from side4video.data import make_corrupt_video
-from side4video.data.captions import VideoOnlyDataset
+from side4video.data import VideoOnlyDataset
 from side4video.data.synthetic_captions import (
     COLOURS,
     SHAPES,
@@ -28,9 +28,11 @@ from side4video.data.synthetic_captions import (
     paraphrases,
     write_caption_tokenizer,
 )
-from side4video.engine import TrainConfig, load_checkpoint, load_model_for_inference, train
+from side4video.engine.checkpoint import load_checkpoint, load_model
+from side4video.engine.config import TrainConfig, make_config, replace
 from side4video.engine.distributed import DistInfo
-from side4video.engine.tasks import get_task
+from side4video.engine.retrieval import RETRIEVAL
+from side4video.engine.train import train
 from side4video.methods.retrieval import Side4VideoRetrieval
 from side4video.metrics import retrieval_metrics
 from side4video.models import create_model
@@ -55,7 +57,7 @@ def config(data, out: Path, **kw) -> TrainConfig:
         output_dir=str(out), tensorboard=False, log_every=6, train_list=synthetic.train_file,
         val_list=synthetic.test_file, data_root=synthetic.root, tokenizer=tokenizer,
     )
-    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+    return make_config(**{**base, **kw})
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -97,7 +99,7 @@ def test_train_cli_retrieval_learns_above_chance(trained):
     assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
     ckpt = load_checkpoint(trained / "best.pt")
     assert ckpt["model_name"] == "side4video-retrieval-tiny"
-    assert ckpt["train_config"]["task"] == "retrieval"
+    assert ckpt["train_config"]["model"]["task"] == "retrieval"
     assert ckpt["step"] == 10 * (3 * NUM_VIDEOS // 8)  # drop_last: full batches only
 
 
@@ -191,7 +193,7 @@ def test_embed_writes_video_and_text_embeddings(data, trained, tmp_path, capsys)
     assert saved["errors"] == {}
     assert len(saved["paths"]) == NUM_VIDEOS
     assert saved["embeddings"].shape == (NUM_VIDEOS, FRAMES, 128)  # frame embeddings for token-wise matching
-    model, cfg = load_model_for_inference(ckpt)
+    model = load_model(ckpt)
     clip = VideoOnlyDataset([saved["paths"][3]], None, num_frames=FRAMES, image_size=IMAGE)[0]["video"]
     with torch.no_grad():
         torch.testing.assert_close(saved["embeddings"][3], model.encode_video(clip[None])[0])
@@ -220,8 +222,7 @@ def test_resumed_retrieval_run_ends_like_an_uninterrupted_one(data, tmp_path):
     train(config(data, tmp_path / "full"))
 
     part = config(data, tmp_path / "part")
-    task = get_task("retrieval")
-    interrupted = task.build_dataset(part, train=True)
+    interrupted = RETRIEVAL.build_dataset(part, create_model(part.model.name, num_frames=FRAMES).cfg, train=True)
 
     def stop_at_epoch_2(epoch: int) -> None:
         if epoch == 2:
@@ -232,23 +233,24 @@ def test_resumed_retrieval_run_ends_like_an_uninterrupted_one(data, tmp_path):
     with pytest.raises(Interrupt):
         train(part, interrupted)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
-    train(dataclasses.replace(part, resume="auto"))
+    train(replace(part, resume="auto"))
 
     assert (tmp_path / "part" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "part"))
     assert a["step"] == b["step"] == 2 * (3 * NUM_VIDEOS // 8)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     lrs = {g["name"]: g["lr"] for g in a["optimizer"]["param_groups"]}
-    assert set(lrs) == {"clip_decay", "clip_no_decay", "new_decay", "new_no_decay"}
+    assert set(lrs) == {"clip_decay", "clip_no_decay", "default_decay", "default_no_decay"}
 
 
 def _eval_worker(rank: int, world: int, init_file: str, ckpt: str, val_list: str, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model, cfg = load_model_for_inference(ckpt)
-    cfg = dataclasses.replace(cfg, val_list=val_list, eval_batch_size=3, sim_chunk=5)
-    task, info = get_task("retrieval"), DistInfo(rank, world)
-    metrics, out = task.evaluate(model, task.make_loader(task.build_dataset(cfg, False), cfg, info, False), cfg, info)
+    model, cfg = load_model(ckpt, with_config=True)
+    cfg = replace(cfg, val_list=val_list, eval_batch_size=3, sim_chunk=5)
+    task, info = RETRIEVAL, DistInfo(rank, world)
+    data = task.make_loader(task.build_dataset(cfg, model.cfg, False), cfg, info, False)
+    metrics, out = task.evaluate(model, data, cfg, info)
     results[rank] = (metrics, out.sim, out.video_index, out.text_to_video)
     dist.destroy_process_group()
 
@@ -263,10 +265,11 @@ def test_two_process_evaluation_equals_one_process(data, trained, tmp_path):
     with tempfile.TemporaryDirectory() as tmp:
         results = mp.Manager().dict()
         mp.spawn(_eval_worker, args=(2, os.path.join(tmp, "init"), ckpt, str(val_list), results), nprocs=2)
-    model, cfg = load_model_for_inference(ckpt)
-    cfg = dataclasses.replace(cfg, val_list=str(val_list))
-    task, info = get_task("retrieval"), DistInfo()
-    single, out = task.evaluate(model, task.make_loader(task.build_dataset(cfg, False), cfg, info, False), cfg, info)
+    model, cfg = load_model(ckpt, with_config=True)
+    cfg = replace(cfg, val_list=str(val_list))
+    task, info = RETRIEVAL, DistInfo()
+    single, out = task.evaluate(model, task.make_loader(task.build_dataset(cfg, model.cfg, False), cfg, info, False),
+                                cfg, info)
     assert (single["num_videos"], single["num_texts"]) == (NUM_VIDEOS - 1, 3 * NUM_VIDEOS - 3)
     for rank in range(2):
         metrics, sim, video_index, text_to_video = results[rank]

@@ -78,7 +78,7 @@ def test_frozen_vit_saves_no_activations():
     video = clip()
     assert saved_activation_bytes(model, lambda: model.backbone_features(video)) == 0
     feats = model.backbone_features(video)
-    side_only = saved_activation_bytes(model, lambda: model.head(model.forward_side(video, feats)))
+    side_only = saved_activation_bytes(model, lambda: model.head(model.side(video, feats)))
     whole = saved_activation_bytes(model, lambda: model(video))
     assert side_only > 0
     assert whole == side_only

@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
+from fixtures import make_corrupt_video
 from side4video.data import (
     MOTION_CLASSES,
     BadSample,
@@ -14,7 +14,6 @@ from side4video.data import (
     collate_clips,
     count_frames,
     header_frame_count,
-    make_corrupt_video,
     make_motion_dataset,
     read_annotation_list,
     read_label_names,
@@ -93,17 +92,6 @@ def test_frame_average_cannot_tell_left_from_right(tmp_path):
         order_gap.append(np.abs((left[-1] - left[0]) - (right[-1] - right[0])).mean())
     assert max(mean_gap) < 2.5
     assert min(order_gap) > 10 * max(mean_gap)
-
-
-def test_frame_folder_variant(tmp_path):
-    data = make_motion_dataset(tmp_path, 2, num_frames=6, size=SIZE, seed=1, frame_folders=True)
-    first = read_annotation_list(data.train_list)[0]
-    assert first.num_frames == 6
-    assert sorted(os.listdir(os.path.join(data.root, first.path)))[0] == "img_00001.jpg"
-    ds = VideoClipDataset(data.val_list, data.root, num_frames=6, train=False, image_size=SIZE)
-    video = ds[0]["video"]
-    assert video.shape == (1, 3, 6, SIZE, SIZE)
-    assert torch.isfinite(video).all()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from side4video.backbones.text import TextConfig, TextTransformer, load_text_tower
+from side4video.backbones.loading import load_text_tower
+from side4video.backbones.text import TextConfig, TextTransformer
 from side4video.backbones.tokenizer import (
     CLIP_WORD_PATTERN,
     EOT,

@@ -280,7 +280,7 @@ def test_export_of_a_trainable_only_checkpoint_takes_frozen_weights_from_pretrai
         torch.testing.assert_close(load_exported(out)(video), model(video), rtol=0, atol=1e-5)
     del ckpt["train_config"]
     torch.save(ckpt, tmp_path / "bare.pt")
-    with pytest.raises(KeyError, match="no pretrained backbone"):
+    with pytest.raises(ValueError, match="no pretrained backbone"):
         export_merged(tmp_path / "bare.pt", tmp_path / "export2")
 
 
@@ -308,5 +308,5 @@ def test_export_rejects_models_without_a_merge(tmp_path):
     with pytest.raises(TypeError, match="no reparameterize"):
         export_merged(tmp_path / "probe.pt", tmp_path / "export")
     torch.save({"model": probe.state_dict()}, tmp_path / "bare.pt")
-    with pytest.raises(KeyError, match="model_name"):
+    with pytest.raises(ValueError, match="model_name"):
         export_merged(tmp_path / "bare.pt", tmp_path / "export")

@@ -1,11 +1,12 @@
 """side4video: memory-efficient image-to-video transfer learning on frozen CLIP / EVA-CLIP ViTs."""
 
-from .backbones.loading import load_backbone
-from .backbones.text import TextTransformer, load_text_tower
+from .backbones.loading import load_backbone, load_clip, load_text_tower
+from .backbones.text import TextTransformer
 from .backbones.tokenizer import ClipTokenizer, load_tokenizer
 from .backbones.vit import VisionConfig, VisionTransformer, build_vit, freeze
+from .engine.checkpoint import load_model
 from .export import export_merged, load_exported
-from .metrics import retrieval_metrics
+from .metrics import classification_metrics, retrieval_metrics
 from .models import create_model, list_models
 from .profiler import profile_model
 
@@ -15,12 +16,15 @@ __all__ = [
     "VisionConfig",
     "VisionTransformer",
     "build_vit",
+    "classification_metrics",
     "create_model",
     "export_merged",
     "freeze",
     "list_models",
     "load_backbone",
+    "load_clip",
     "load_exported",
+    "load_model",
     "load_text_tower",
     "load_tokenizer",
     "profile_model",

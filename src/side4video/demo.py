@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .data import make_captioned_dataset, make_motion_dataset, write_caption_tokenizer
 from .data.synthetic import MOTION_CLASSES
-from .engine.config import TrainConfig
+from .engine.config import TrainConfig, make_config
 from .engine.evaluate import evaluate_checkpoint
 from .engine.train import train
 from .export import export_merged
@@ -60,7 +60,7 @@ B16_MEMORY = ("side4video-b16-light", "st-adapter-b16", "zeroi2v-b16", "frozen-m
 
 
 def _train_config(method: DemoMethod, data, out: Path, epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(
+    return make_config(
         model=method.model, num_classes=len(MOTION_CLASSES), frames=FRAMES, image_size=IMAGE_SIZE,
         train_list=data.train_list, val_list=data.val_list, data_root=data.root, label_names=data.label_names,
         augment={"scale": (0.8, 1.0), "flip": 0.0},  # flipping would need the left/right label swap
@@ -86,7 +86,7 @@ def _retrieval(out: Path, epochs: int, seed: int) -> list[dict]:
     rows = []
     for method in RETRIEVAL_METHODS:
         print(f"\n== retrieval, {method.label}: {method.model}")
-        cfg = TrainConfig(
+        cfg = make_config(
             model=method.model, task="retrieval", frames=FRAMES, image_size=IMAGE_SIZE, caption_format="tsv",
             train_list=data.train_file, val_list=data.test_file, data_root=data.root, tokenizer=tokenizer,
             epochs=epochs, warmup_epochs=1, batch_size=BATCH, lr=method.lr,
@@ -189,7 +189,7 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int | None = None, 
     for method, b16_model in zip(METHODS, B16_MEMORY, strict=True):
         print(f"\n== {method.label}: {method.model}")
         cfg = _train_config(method, data, out, epochs, seed)
-        val = _evaluate(method, Path(cfg.output_dir), train(cfg))
+        val = _evaluate(method, Path(cfg.run.output_dir), train(cfg))
         prof = profile_model(method.model, num_classes=len(MOTION_CLASSES), frames=FRAMES, batch_size=BATCH,
                              image_size=IMAGE_SIZE, device="cpu")
         b16 = profile_model(b16_model, num_classes=174, frames=8, batch_size=32, device="meta")

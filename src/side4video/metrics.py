@@ -98,8 +98,20 @@ def topk_accuracy(
     ks: tuple[int, ...] = (1, 5),
 ) -> dict[str, float]:
     """Top-k accuracies in percent, keyed ``top1``, ``top5`` ... (ties count as misses)."""
-    ranks = class_ranks(logits_or_probs, labels)
-    return {f"top{k}": 100.0 * (ranks <= k).float().mean().item() for k in ks}
+    ranks = class_ranks(logits_or_probs, labels)  # (N,), at most C: a k beyond C counts every sample
+    return {f"top{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
+
+
+def classification_metrics(
+    scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Top-k accuracies, mean class accuracy (both in %) and
+    ``num_samples``, with ties counted against the model (see :func:`class_ranks`)."""
+    labels = _as_tensor(labels, torch.long)
+    if labels.numel() == 0:
+        raise ValueError("no samples to evaluate")
+    return {**topk_accuracy(scores, labels, ks), "mean_class_acc": mean_class_accuracy(scores, labels),
+            "num_samples": int(labels.numel())}
 
 
 def mean_class_accuracy(

@@ -10,11 +10,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from .backbones.vit import BACKBONES, VisionTransformer, build_vit
+from .engine.recognition import RECOGNITION
+from .engine.retrieval import RETRIEVAL
+from .engine.tasks import Task
 from .methods.baselines import FrozenMeanP, FrozenMeanPConfig, FullFinetune, FullFinetuneConfig
 from .methods.retrieval import Clip4Clip, Clip4ClipConfig, RetrievalConfig, Side4VideoRetrieval
 from .methods.side4video import Side4Video, Side4VideoConfig
@@ -26,7 +29,7 @@ from .methods.zeroi2v import ZeroI2V, ZeroI2VConfig
 class Preset:
     build: Callable[[Any, VisionTransformer | None], nn.Module]  # the method's model class
     config: Any  # the method's config dataclass, with this preset's values
-    task: Literal["recognition", "retrieval"] = "recognition"
+    task: Task = RECOGNITION  # what the engine trains and evaluates it for
     description: str = ""
 
 
@@ -89,50 +92,53 @@ PRESETS: dict[str, Preset] = {
         FullFinetune, FullFinetuneConfig("tiny"), description="Full fine-tuning of the tiny test ViT"
     ),
     "side4video-retrieval-b32": Preset(
-        Side4VideoRetrieval, RetrievalConfig("ViT-B-32", side_layers=12), "retrieval",
+        Side4VideoRetrieval, RetrievalConfig("ViT-B-32", side_layers=12), RETRIEVAL,
         "Side4Video retrieval on CLIP ViT-B/32, 12 x 320, token-wise matching (paper Table 6)",
     ),
     "side4video-retrieval-b16": Preset(
-        Side4VideoRetrieval, RetrievalConfig("ViT-B-16", side_layers=12), "retrieval",
+        Side4VideoRetrieval, RetrievalConfig("ViT-B-16", side_layers=12), RETRIEVAL,
         "Side4Video retrieval on CLIP ViT-B/16, 12 x 320, token-wise matching",
     ),
     "side4video-retrieval-l14": Preset(
-        Side4VideoRetrieval, RetrievalConfig("ViT-L-14", side_layers=24), "retrieval",
+        Side4VideoRetrieval, RetrievalConfig("ViT-L-14", side_layers=24), RETRIEVAL,
         "Side4Video retrieval on CLIP ViT-L/14, 24 x 320, token-wise matching",
     ),
     "side4video-retrieval-e14": Preset(
         Side4VideoRetrieval,
         RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True),
-        "retrieval",
+        RETRIEVAL,
         "Side4Video retrieval on EVA-CLIP ViT-E/14, 32 x 320 post-norm, token-wise matching",
     ),
     "side4video-retrieval-tiny": Preset(
         Side4VideoRetrieval,
         RetrievalConfig("tiny", num_frames=4, side_layers=4, side_width=128, text_length=16),
-        "retrieval",
+        RETRIEVAL,
         "Side4Video retrieval on the tiny test ViT, 4 x 128",
     ),
     "clip4clip-b16": Preset(
-        Clip4Clip, Clip4ClipConfig("ViT-B-16", train_backbone=True), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-B-16", train_backbone=True), RETRIEVAL,
         "CLIP4Clip meanP, both towers fine-tuned, ViT-B/16 (paper Table 3: CLIP4Clip)",
     ),
     "clip4clip-frozen-b32": Preset(
-        Clip4Clip, Clip4ClipConfig("ViT-B-32"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-B-32"), RETRIEVAL,
         "CLIP4Clip meanP with a frozen ViT-B/32, trained text tower (paper: CLIP4Clip 🔒 ViT)",
     ),
     "clip4clip-frozen-b16": Preset(
-        Clip4Clip, Clip4ClipConfig("ViT-B-16"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-B-16"), RETRIEVAL,
         "CLIP4Clip meanP with a frozen ViT-B/16, trained text tower",
     ),
     "clip4clip-frozen-l14": Preset(
-        Clip4Clip, Clip4ClipConfig("ViT-L-14"), "retrieval",
+        Clip4Clip, Clip4ClipConfig("ViT-L-14"), RETRIEVAL,
         "CLIP4Clip meanP with a frozen ViT-L/14, trained text tower",
     ),
     "clip4clip-frozen-tiny": Preset(
-        Clip4Clip, Clip4ClipConfig("tiny", num_frames=4, text_length=16), "retrieval",
+        Clip4Clip, Clip4ClipConfig("tiny", num_frames=4, text_length=16), RETRIEVAL,
         "CLIP4Clip meanP with the frozen tiny test ViT",
     ),
 }
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (RECOGNITION, RETRIEVAL)}  # by the name users type
 
 
 def list_models() -> list[str]:
@@ -178,22 +184,21 @@ def build_model(
         cfg = make_config(name, **cfg)
     backbone, towers = None, {}
     if pretrained is not None:
-        from .backbones.loading import load_backbone
+        from .backbones.loading import load_clip
 
-        backbone = load_backbone(pretrained, image_size=image_size)
+        wants_text = "text" in {f.name for f in dataclasses.fields(cfg)}  # retrieval: the same file holds it
+        backbone, text = load_clip(pretrained, image_size=image_size, text=wants_text)
         expected = BACKBONES[cfg.backbone].with_image_size(backbone.cfg.image_size)
         if backbone.cfg != expected:
             raise ValueError(
                 f"{pretrained} holds a backbone {backbone.cfg} but {name} expects {cfg.backbone}: {expected}"
             )
-        if preset.task == "retrieval":  # the same CLIP checkpoint holds the text tower
-            from .backbones.text import load_text_tower
-
-            towers["text"] = load_text_tower(pretrained)
+        if text is not None:
             shape = ("vocab_size", "context_length", "width", "heads", "layers", "output_dim", "mlp_dim")
-            got, want = ({k: getattr(c, k) for k in shape} for c in (towers["text"].cfg, cfg.text))
+            got, want = ({k: getattr(c, k) for k in shape} for c in (text.cfg, cfg.text))
             if got != want:
                 raise ValueError(f"{pretrained} holds a text tower {got} but {name} expects {want}")
+            towers["text"] = text
     elif image_size is not None:
         backbone = build_vit(cfg.backbone, image_size=image_size)
     return preset.build(cfg, backbone, **towers)

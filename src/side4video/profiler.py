@@ -16,6 +16,7 @@ AdamW training steps give ``step_time_s``, and on CUDA ``cuda_peak_bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -145,16 +146,16 @@ def training_memory_bytes(model: nn.Module, activation_bytes: int, bytes_per_val
     return activation_bytes + bytes_per_value * (weights + 3 * tunable)
 
 
-def _training_steps(model: nn.Module, batch: tuple, loss_fn: Callable, steps: int = 3) -> tuple[float, int | None]:
+def _training_steps(model: nn.Module, loss_fn: Callable[[], torch.Tensor], steps: int = 3
+                    ) -> tuple[float, int | None]:
     """Seconds per real AdamW training step (after one warm-up step) and, on CUDA, the peak memory."""
-    device = batch[0].device
-    cuda = device.type == "cuda"
+    cuda = next(model.parameters()).device.type == "cuda"
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = loss_fn(model, *batch)
+            loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -170,24 +171,6 @@ def _training_steps(model: nn.Module, batch: tuple, loss_fn: Callable, steps: in
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     return seconds, torch.cuda.max_memory_allocated() if cuda else None
-
-
-def _recognition_loss(model: nn.Module, video: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(video), labels)
-
-
-def _retrieval_loss(model: nn.Module, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return model(video, ids, mask)
-
-
-def _captions(model: nn.Module, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``(B, L)`` of full-length captions ending in the EOT token, and their mask."""
-    text = model.text.cfg
-    length = model.cfg.text_length
-    eot = text.eot_token_id if text.eot_token_id is not None else text.vocab_size - 1
-    ids = torch.randint(1, eot, (batch, length), device=device)
-    ids[:, -1] = eot
-    return ids, torch.ones(batch, length, dtype=torch.long, device=device)
 
 
 def profile_model(
@@ -208,8 +191,8 @@ def profile_model(
     from .models import create_model, get_preset
 
     dev = torch.device(device)
-    retrieval = get_preset(name).task == "retrieval"
-    if not retrieval:
+    task = get_preset(name).task
+    if "num_classes" in {f.name for f in dataclasses.fields(get_preset(name).config)}:
         overrides["num_classes"] = num_classes
     with dev:
         model = create_model(name, num_frames=frames, image_size=image_size, **overrides)
@@ -224,14 +207,14 @@ def profile_model(
         return torch.randn(batch, 3, frames, size, size, device=dev)
 
     one = clip(1)
-    macs = count_macs(model, (lambda: model.encode_video(one)) if retrieval else (lambda: model(one)))
-    video = clip(batch_size)
-    if retrieval:
-        batch, loss_fn = (video, *_captions(model, batch_size, dev)), _retrieval_loss
-    else:
-        batch, loss_fn = (video, torch.zeros(batch_size, dtype=torch.long, device=dev)), _recognition_loss
+    macs = count_macs(model, lambda: task.encode(model, one))
+    batch = task.example_batch(model, clip(batch_size))
+
+    def loss_fn() -> torch.Tensor:
+        return task.loss(model, batch, dev)[0]
+
     model.train()
-    act = saved_activation_bytes(model, lambda: loss_fn(model, *batch))
+    act = saved_activation_bytes(model, loss_fn)
     prof = Profile(
         model=name,
         backbone=model.cfg.backbone,
@@ -245,6 +228,6 @@ def profile_model(
         train_memory_bytes=training_memory_bytes(model, act),
     )
     if dev.type != "meta":
-        seconds, prof.cuda_peak_bytes = _training_steps(model, batch, loss_fn)
+        seconds, prof.cuda_peak_bytes = _training_steps(model, loss_fn)
         prof.step_time_s = round(seconds, 4)
     return prof

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbones.tokenizer import ClipTokenizer
-from .data.captions import VIDEO_EXTENSIONS, VideoOnlyDataset, collate_captions
+from .data import VIDEO_EXTENSIONS, VideoOnlyDataset, collate_captions
 from .engine.config import TrainConfig
 
 CACHE_NAME = ".side4video_embeddings.pt"
@@ -53,9 +53,9 @@ def model_key(checkpoint: str | os.PathLike, cfg: TrainConfig) -> dict[str, Any]
 
     path = Path(checkpoint).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    augment = AugmentConfig(**cfg.augment)
+    augment = AugmentConfig(**cfg.data.augment)
     return {"checkpoint": str(path), "files": [{"name": str(p), **file_stamp(p)} for p in files],
-            "frames": cfg.frames, "image_size": cfg.image_size, "mean": list(augment.mean),
+            "frames": cfg.model.frames, "image_size": cfg.model.image_size, "mean": list(augment.mean),
             "std": list(augment.std)}
 
 
@@ -101,14 +101,14 @@ def load_retrieval_model(
 ) -> tuple[nn.Module, TrainConfig, ClipTokenizer]:
     """A retrieval checkpoint's model (eval mode), run config and tokenizer (``tokenizer`` or the run's)."""
     from .backbones.tokenizer import load_tokenizer
-    from .engine.checkpoint import load_model_for_inference
-    from .models import get_preset
+    from .engine.checkpoint import load_model
+    from .methods.retrieval import TextVideoModel
 
-    model, cfg = load_model_for_inference(checkpoint, device)
-    task = get_preset(cfg.model).task
-    if task != "retrieval":
-        raise ValueError(f"{checkpoint} is a {task} model ({cfg.model}), not a retrieval one")
-    path = tokenizer or cfg.tokenizer
+    model, cfg = load_model(checkpoint, device, with_config=True)
+    if not isinstance(model, TextVideoModel):
+        raise ValueError(f"{checkpoint} holds {cfg.model.name}, a {type(model).__name__}, not a text-video "
+                         "retrieval model")
+    path = tokenizer or cfg.data.tokenizer
     if path is None:
         raise ValueError(f"{checkpoint}: its run names no tokenizer; pass one (tokenizer.json, ...)")
     return model, cfg, load_tokenizer(path)
@@ -133,8 +133,9 @@ def encode_videos(
     found = {p: cache.get(p, stamps[p]) for p in paths} if cache is not None else dict.fromkeys(paths)
     todo = [p for p in paths if found[p] is None]
     if todo:
-        augment = AugmentConfig(**cfg.augment)
-        dataset = VideoOnlyDataset(todo, None, num_frames=cfg.frames, image_size=cfg.image_size, train=False,
+        augment = AugmentConfig(**cfg.data.augment)
+        dataset = VideoOnlyDataset(todo, None, num_frames=cfg.model.frames, image_size=cfg.model.image_size,
+                                   train=False,
                                    mean=augment.mean, std=augment.std)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_captions)
         if progress:

@@ -18,6 +18,7 @@ own: :func:`read_state_dict` -> :func:`convert_state_dict` -> :func:`vision_conf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
+from .text import TextConfig, TextTransformer, infer_text_config, text_state_dict
 from .vit import VisionConfig, VisionTransformer, resize_pos_embed
 
 __all__ = [
@@ -410,14 +412,16 @@ def load_backbone(
     image_size: int | None = None,
     heads: int | None = None,
     post_norm: bool | None = None,
+    state_dict: StateDict | None = None,
 ) -> VisionTransformer:
     """A :class:`VisionTransformer` (float32, CPU) with the pretrained image tower at ``path``.
 
     With ``image_size`` other than the checkpoint's, the positional embedding is resampled
     bicubically to the new patch grid. ``heads`` / ``post_norm`` override the inferred values.
+    ``state_dict``: the file's tensors when already read (see :func:`load_clip`).
     """
     path = Path(path)
-    sd = read_state_dict(path)
+    sd = dict(state_dict) if state_dict is not None else read_state_dict(path)
     try:
         layout = detect_layout(sd)
         hf = read_hf_vision_config(path) if layout == "hf" else None
@@ -433,3 +437,57 @@ def load_backbone(
         return _build(cfg, sd)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+
+
+def _hf_overrides(directory: Path) -> dict:
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        return {}
+    cfg = json.loads(config_file.read_text())
+    cfg = cfg.get("text_config", cfg)  # CLIPModel nests it; CLIPTextModel(WithProjection) does not
+    eos = cfg.get("eos_token_id")
+    return {
+        "heads": cfg["num_attention_heads"],
+        "act": cfg.get("hidden_act", "quick_gelu"),
+        "ln_eps": cfg.get("layer_norm_eps", 1e-5),
+        "eot_token_id": None if eos in (None, 2) else eos,  # HF's legacy configs (eos 2) pool at argmax
+    }
+
+
+def load_text_tower(
+    path: str | os.PathLike, cfg: TextConfig | None = None, state_dict: StateDict | None = None, **overrides
+) -> TextTransformer:
+    """Build a ``TextTransformer`` from a CLIP checkpoint of any supported layout.
+
+    ``path``: OpenAI's TorchScript or state-dict file, an open_clip / EVA-CLIP checkpoint
+    (``.pt``/``.bin``/``.safetensors``, possibly wrapped in ``{"state_dict": ...}`` with a
+    ``module.`` prefix) or an HF ``transformers`` directory (its ``config.json`` gives the heads,
+    activation and EOT id). The architecture is read from the weights unless ``cfg`` is given;
+    ``overrides`` replace single fields (e.g. ``act="gelu"`` for open_clip's non-OpenAI towers).
+    The checkpoint's ``logit_scale`` is loaded when present. ``state_dict``: the file's tensors when
+    already read (see :func:`load_clip`).
+    """
+    path = Path(path)
+    sd, layout = text_state_dict(state_dict if state_dict is not None else read_state_dict(path))
+    if cfg is None:
+        defaults = _hf_overrides(path) if path.is_dir() else {}
+        if layout == "text.":
+            defaults.setdefault("act", "gelu")  # EVA-CLIP's text towers use GELU
+        cfg = infer_text_config(sd, **{**defaults, **overrides})
+    else:
+        cfg = dataclasses.replace(cfg, **overrides)
+    model = TextTransformer(cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "logit_scale"]
+    if missing or unexpected:
+        raise KeyError(f"{path}: text tower keys missing {missing[:8]}, unexpected {unexpected[:8]}")
+    return model
+
+
+def load_clip(
+    path: str | os.PathLike, image_size: int | None = None, text: bool = True
+) -> tuple[VisionTransformer, TextTransformer | None]:
+    """Both towers of a CLIP checkpoint, reading the file once: ``(image tower, text tower or None)``."""
+    sd = read_state_dict(path)
+    vision = load_backbone(path, image_size=image_size, state_dict=sd)
+    return vision, (load_text_tower(path, state_dict=sd) if text else None)

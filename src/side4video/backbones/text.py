@@ -9,19 +9,16 @@ temperature ``logit_scale`` travels with the text tower so that a loaded tower b
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import read_state_dict
 from .vit import Attention, ResidualAttentionBlock, Transformer
 
 
@@ -194,54 +191,3 @@ def infer_text_config(sd: Mapping[str, torch.Tensor], **overrides) -> TextConfig
         "mlp_dim": sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
     }
     return TextConfig(**{**inferred, **overrides})
-
-
-def _hf_overrides(directory: Path) -> dict:
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        return {}
-    cfg = json.loads(config_file.read_text())
-    cfg = cfg.get("text_config", cfg)  # CLIPModel nests it; CLIPTextModel(WithProjection) does not
-    eos = cfg.get("eos_token_id")
-    return {
-        "heads": cfg["num_attention_heads"],
-        "act": cfg.get("hidden_act", "quick_gelu"),
-        "ln_eps": cfg.get("layer_norm_eps", 1e-5),
-        "eot_token_id": None if eos in (None, 2) else eos,  # HF's legacy configs (eos 2) pool at argmax
-    }
-
-
-def load_text_tower(path: str | Path, cfg: TextConfig | None = None, **overrides) -> TextTransformer:
-    """Build a ``TextTransformer`` from a CLIP checkpoint of any supported layout.
-
-    ``path``: OpenAI's TorchScript or state-dict file, an open_clip / EVA-CLIP checkpoint
-    (``.pt``/``.bin``/``.safetensors``, possibly wrapped in ``{"state_dict": ...}`` with a
-    ``module.`` prefix) or an HF ``transformers`` directory (its ``config.json`` gives the heads,
-    activation and EOT id). The architecture is read from the weights unless ``cfg`` is given;
-    ``overrides`` replace single fields (e.g. ``act="gelu"`` for open_clip's non-OpenAI towers).
-    The checkpoint's ``logit_scale`` is loaded when present.
-    """
-    path = Path(path)
-    sd, layout = text_state_dict(read_state_dict(path))
-    if cfg is None:
-        defaults = _hf_overrides(path) if path.is_dir() else {}
-        if layout == "text.":
-            defaults.setdefault("act", "gelu")  # EVA-CLIP's text towers use GELU
-        cfg = infer_text_config(sd, **{**defaults, **overrides})
-    else:
-        cfg = replace(cfg, **overrides)
-    model = TextTransformer(cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k != "logit_scale"]
-    if missing or unexpected:
-        raise KeyError(f"{path}: text tower keys missing {missing[:8]}, unexpected {unexpected[:8]}")
-    return model
-
-
-def build_text(cfg: TextConfig | str) -> TextTransformer:
-    """A randomly initialised text tower from a config or an image backbone's name."""
-    if isinstance(cfg, str):
-        if cfg not in TEXT_TOWERS:
-            raise KeyError(f"no text tower for backbone {cfg!r}; choose from {sorted(TEXT_TOWERS)}")
-        cfg = TEXT_TOWERS[cfg]
-    return TextTransformer(cfg)

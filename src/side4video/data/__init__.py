@@ -1,12 +1,10 @@
 """Video data: decoding, annotation lists, temporal sampling, clip augmentation, datasets, checks, and
 captioned videos for text-video retrieval."""
 
-from .captions import (
-    CaptionDataset,
+from .caption_dataset import VIDEO_EXTENSIONS, CaptionDataset, VideoOnlyDataset, collate_captions
+from .caption_files import (
     CaptionedSplit,
     CaptionFormatError,
-    VideoOnlyDataset,
-    collate_captions,
     read_caption_tsv,
     read_captions,
     read_msrvtt,
@@ -14,7 +12,7 @@ from .captions import (
     read_vatex,
 )
 from .check import DataReport, DataWarning, Problem, check_data, format_report
-from .dataset import BadSample, VideoClipDataset, collate_clips
+from .dataset import BadSample, PolicyDataset, VideoClipDataset, collate_clips, collate_samples
 from .frame_index import FrameIndex, FrameIndexCache
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
 from .randaugment import RandAugment
@@ -22,9 +20,7 @@ from .sampling import dense_indices, sample_indices, segment_indices
 from .synthetic import (
     MOTION_CLASSES,
     SyntheticDataset,
-    make_corrupt_video,
     make_motion_dataset,
-    write_frame_folder,
     write_video,
 )
 from .synthetic_captions import CaptionedSynthetic, make_captioned_dataset, write_caption_tokenizer
@@ -43,6 +39,7 @@ __all__ = [
     "CLIP_STD",
     "MOTION_CLASSES",
     "SS_FLIP_PAIRS",
+    "VIDEO_EXTENSIONS",
     "AugmentConfig",
     "BadSample",
     "CaptionDataset",
@@ -54,6 +51,7 @@ __all__ = [
     "FrameIndex",
     "FrameIndexCache",
     "ListFormatError",
+    "PolicyDataset",
     "Problem",
     "RandAugment",
     "SyntheticDataset",
@@ -64,13 +62,13 @@ __all__ = [
     "check_data",
     "collate_captions",
     "collate_clips",
+    "collate_samples",
     "count_frames",
     "dense_indices",
     "eval_views",
     "format_report",
     "header_frame_count",
     "make_captioned_dataset",
-    "make_corrupt_video",
     "make_motion_dataset",
     "parse_annotation_list",
     "read_all_frames",
@@ -87,6 +85,5 @@ __all__ = [
     "segment_indices",
     "train_clip",
     "write_caption_tokenizer",
-    "write_frame_folder",
     "write_video",
 ]

@@ -1,4 +1,5 @@
-"""``VideoClipDataset``: annotation list -> sampled, decoded, augmented clips; ``collate_clips`` for batches.
+"""The loading core shared by every video dataset (``PolicyDataset``, ``collate_samples``) and
+``VideoClipDataset``: annotation list -> sampled, decoded, augmented clips; ``collate_clips`` for batches.
 
 Views. Training returns ``repeated_aug`` independently sampled and augmented copies of a video. Testing
 returns ``num_clips * num_crops`` views ordered clip-major: view ``v`` is temporal clip ``v // num_crops``
@@ -10,9 +11,9 @@ its clips after ``set_epoch(epoch)``. With ``persistent_workers=True`` the worke
 started with, so use non-persistent workers (the default) when calling ``set_epoch``.
 
 Bad videos (missing, empty, undecodable, too short) are never replaced by zeros. ``bad_sample_policy``:
-``"fail"`` raises ``VideoReadError``; ``"skip"`` returns a ``BadSample`` that ``collate_clips`` leaves out of
-the batch and reports; ``"resample"`` loads other random entries (at most ``max_resample``) and reports
-the bad ones under ``"bad"`` in the returned sample (its ``"index"`` is then the entry actually loaded).
+``"fail"`` raises ``VideoReadError``; ``"skip"`` returns a ``BadSample`` that the collate leaves out of the
+batch and reports; ``"resample"`` loads other random entries (at most ``max_resample``) and reports the
+bad ones under ``"bad"`` in the returned sample (its ``"index"`` is then the entry actually loaded).
 """
 
 from __future__ import annotations
@@ -49,41 +50,63 @@ def sample_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random
     return np.random.default_rng([seed, epoch, index, attempt])
 
 
-def load_with_policy(
-    load: Callable[[int, np.random.Generator], dict[str, Any]],
-    index: int,
-    size: int,
-    rng: Callable[[int, int], np.random.Generator],
-    policy: BadSamplePolicy,
-    max_resample: int = 10,
-) -> dict[str, Any] | BadSample:
-    """``load(index, rng(index, 0))``, with a bad video (``VideoReadError``) handled by ``policy``.
+class PolicyDataset(Dataset):
+    """The loading core of every video dataset here: a per-sample random stream and the bad-sample policy.
 
-    ``"fail"`` re-raises; ``"skip"`` returns a ``BadSample``; ``"resample"`` loads other random entries
-    (at most ``max_resample``) and returns the first good one with the bad ones under ``"bad"``, or a
-    ``BadSample`` naming them all. Nothing is ever zero-filled.
+    A subclass implements ``__len__`` and ``load(index, rng)`` (one sample, drawing its randomness from
+    ``rng``; raises ``VideoReadError`` for a bad video). ``dataset[index]`` is ``load(index, rng(index))``
+    with a bad video handled by ``bad_sample_policy``: ``"fail"`` re-raises; ``"skip"`` returns a
+    ``BadSample``; ``"resample"`` loads other random entries (at most ``max_resample``) and returns the
+    first good one with the bad ones under ``"bad"``, or a ``BadSample`` naming them all. Nothing is ever
+    zero-filled.
     """
-    try:
-        return load(index, rng(index, 0))
-    except VideoReadError as e:
-        if policy == "fail":
-            raise
-        bad = [BadSample(index, e.path, e.reason, e.kind)]
-    if policy == "skip":
-        return bad[0]
-    for attempt in range(1, max_resample + 1):
-        attempt_rng = rng(index, attempt)
-        other = int(attempt_rng.integers(size))
+
+    policies: tuple[BadSamplePolicy, ...] = ("skip", "resample", "fail")
+
+    def __init__(self, *, seed: int, bad_sample_policy: BadSamplePolicy, max_resample: int = 10) -> None:
+        if bad_sample_policy not in self.policies:
+            raise ValueError(f"bad_sample_policy must be one of {self.policies}, got {bad_sample_policy!r}")
+        if max_resample < 1:
+            raise ValueError(f"max_resample must be positive, got {max_resample}")
+        self.seed = seed
+        self.set_epoch(0)
+        self.bad_sample_policy = bad_sample_policy
+        self.max_resample = max_resample
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self, index: int, attempt: int = 0) -> np.random.Generator:
+        return sample_rng(self.seed, self.epoch, index, attempt)
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
-            return {**load(other, attempt_rng), "bad": bad}
+            return self.load(index, self.rng(index, 0))
         except VideoReadError as e:
-            bad.append(BadSample(other, e.path, e.reason, e.kind))
-    tried = ", ".join(b.path for b in bad[1:])
-    reason = f"{bad[0].reason}; the {max_resample} entries resampled instead failed too: {tried}"
-    return BadSample(index, bad[0].path, reason, bad[0].kind)
+            if self.bad_sample_policy == "fail":
+                raise
+            bad = [BadSample(index, e.path, e.reason, e.kind)]
+        if self.bad_sample_policy == "skip":
+            return bad[0]
+        for attempt in range(1, self.max_resample + 1):
+            attempt_rng = self.rng(index, attempt)
+            other = int(attempt_rng.integers(len(self)))
+            try:
+                return {**self.load(other, attempt_rng), "bad": bad}
+            except VideoReadError as e:
+                bad.append(BadSample(other, e.path, e.reason, e.kind))
+        tried = ", ".join(b.path for b in bad[1:])
+        reason = f"{bad[0].reason}; the {self.max_resample} entries resampled instead failed too: {tried}"
+        return BadSample(index, bad[0].path, reason, bad[0].kind)
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(PolicyDataset):
     """Clips of the videos (files or frame folders) of an mmaction2-style annotation list.
 
     ``__getitem__(i)`` returns ``{"video": float32 (R, 3, T, H, W), "label": int, "view_labels": int64 (R,),
@@ -114,12 +137,11 @@ class VideoClipDataset(Dataset):
         max_resample: int = 10,
         list_kind: ListKind = "auto",
     ):
-        if bad_sample_policy not in ("skip", "resample", "fail"):
-            raise ValueError(f"bad_sample_policy must be skip, resample or fail, got {bad_sample_policy!r}")
+        super().__init__(seed=seed, bad_sample_policy=bad_sample_policy, max_resample=max_resample)
         if sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
-        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample) < 1:
-            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames, max_resample"
+        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames) < 1:
+            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames"
             raise ValueError(f"{names} must all be positive")
         self.list_file = os.fspath(list_file)
         self.data_root = os.fspath(data_root) if data_root else ""
@@ -134,32 +156,18 @@ class VideoClipDataset(Dataset):
         self.test_short_side = test_short_side
         self.augment = augment or AugmentConfig()
         self.repeated_aug = repeated_aug
-        self.bad_sample_policy = bad_sample_policy
         self.frames_template = frames_template
-        self.seed = seed
         self.min_frames = min_frames
-        self.max_resample = max_resample
-        self.epoch = 0
-
-    @property
-    def num_views(self) -> int:
-        return self.repeated_aug if self.train else self.num_clips * self.num_crops
 
     @property
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
     def path(self, index: int) -> str:
         return os.path.join(self.data_root, self.records[index].path)
-
-    def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
-        return sample_rng(self.seed, self.epoch, index, attempt)
 
     def _source(self, record: VideoRecord, path: str) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
         """Frame count of a video and a function reading its frames by index."""
@@ -208,27 +216,35 @@ class VideoClipDataset(Dataset):
             "path": path,
         }
 
-    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        return load_with_policy(self.load, index, len(self), self._rng, self.bad_sample_policy, self.max_resample)
 
+def collate_samples(batch: list[dict[str, Any] | BadSample], empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stack the good samples of any ``PolicyDataset`` and report the bad ones.
 
-def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
-    """Stack the good samples and report the bad ones.
-
-    Returns ``{"video": (B, R, 3, T, H, W) or None when no sample is good, "label": (B,), "view_labels":
-    (B, R), "index": (B,), "path": list[str], "bad": list[BadSample]}``.
+    Tensors are stacked (``"video"`` ``(B, ...)``), ints become int64 ``(B,)``, other values lists; ``"bad"``
+    lists every ``BadSample`` (the skipped ones and those a resampled sample carries). With no good sample,
+    ``"video"`` is None, ``"index"`` and ``"path"`` are empty and the other fields are those of ``empty``.
     """
     good = [b for b in batch if not isinstance(b, BadSample)]
     bad = [b for b in batch if isinstance(b, BadSample)] + [x for b in good for x in b.get("bad", [])]
     if not good:
-        empty = torch.empty(0, dtype=torch.long)
-        return {"video": None, "label": empty, "view_labels": empty.view(0, 0), "index": empty, "path": [],
-                "bad": bad}
-    return {
-        "video": torch.stack([b["video"] for b in good]),
-        "label": torch.tensor([b["label"] for b in good], dtype=torch.long),
-        "view_labels": torch.stack([b["view_labels"] for b in good]),
-        "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
-        "path": [b["path"] for b in good],
-        "bad": bad,
-    }
+        return {"video": None, "index": torch.empty(0, dtype=torch.long), "path": [], **(empty or {}), "bad": bad}
+    out: dict[str, Any] = {}
+    for key, value in good[0].items():
+        if key == "bad":
+            continue
+        items = [b[key] for b in good]
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.stack(items)
+        elif isinstance(value, int):
+            out[key] = torch.tensor(items, dtype=torch.long)
+        else:
+            out[key] = items
+    out["bad"] = bad
+    return out
+
+
+def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
+    """``collate_samples`` for ``VideoClipDataset``: ``{"video": (B, R, 3, T, H, W) or None when no sample is
+    good, "label": (B,), "view_labels": (B, R), "index": (B,), "path": list[str], "bad": list[BadSample]}``."""
+    empty = torch.empty(0, dtype=torch.long)
+    return collate_samples(batch, {"label": empty, "view_labels": empty.view(0, 0)})

@@ -1,24 +1,13 @@
-"""Training and evaluation engine: config, optimiser, checkpoints, DDP, the training loop, evaluation."""
+"""Training and evaluation engine.
 
-from .checkpoint import atomic_save, load_checkpoint, load_model_for_inference
-from .config import ConfigError, TrainConfig, resolve_config
-from .evaluate import classification_metrics, predict_views
-from .optim import WarmupCosine, build_optimizer, build_scheduler, param_groups
-from .train import NonFiniteLossError, train
+    config.py        TrainConfig (model / data / optim / eval / run) and its resolution
+    tasks.py         the Task interface; recognition.py and retrieval.py implement it
+    train.py         the training loop (``train(cfg)``)
+    evaluate.py      ``evaluate_checkpoint``;  predict.py  classify video files
+    optim.py         AdamW groups (one weight-decay rule) and the warm-up + cosine schedule
+    checkpoint.py    training checkpoints, export directories, ``load_model``
+    distributed.py   torchrun process groups, sharded loaders, collectives
 
-__all__ = [
-    "ConfigError",
-    "NonFiniteLossError",
-    "TrainConfig",
-    "WarmupCosine",
-    "atomic_save",
-    "build_optimizer",
-    "build_scheduler",
-    "classification_metrics",
-    "load_checkpoint",
-    "load_model_for_inference",
-    "param_groups",
-    "predict_views",
-    "resolve_config",
-    "train",
-]
+This package imports nothing itself: ``side4video.models`` imports the task modules without pulling
+in the training loop.
+"""

@@ -1,5 +1,7 @@
-"""Training checkpoints: one explicit dict, written atomically, loadable with ``weights_only=True``.
+"""Every checkpoint this project reads or writes: training checkpoints (full or trainable-only) and
+export directories, and ``load_model`` to get the model of any of them for inference.
 
+Training checkpoint: one explicit dict, written atomically, loadable with ``weights_only=True``.
 Layout (every key is always present)::
 
     {
@@ -11,16 +13,22 @@ Layout (every key is always present)::
       "optimizer", "scheduler": their state_dicts,
       "scaler":       GradScaler state_dict (float16 autocast) or None,
       "epoch":        last completed epoch (1-based), "step": optimiser steps done,
-      "best_top1":    best validation top-1 so far (%), or None,
+      "best_metric":  best value so far of the task's validation metric (top-1 or t2v R@1), or None,
       "rng":          {"python", "numpy", "torch", "cuda"} generator states at the epoch boundary,
-      "train_config": the resolved TrainConfig as a plain dict,
+      "train_config": the resolved TrainConfig as a plain (grouped) dict,
     }
+
+Export directory (``write_export``; ``export.py`` writes merged ZeroI2V models)::
+
+    DIR/model.safetensors   the model's complete state_dict
+    DIR/config.json         {"model_name", "model_config", "image_size", "train_config", ...}
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -28,15 +36,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..backbones.vit import BACKBONES
 from ..models import build_model
 from .config import TrainConfig, from_dict, to_dict
 
 CHECKPOINT_KEYS = (
     "model_name", "model_config", "model", "optimizer", "scheduler", "scaler",
-    "epoch", "step", "best_top1", "rng", "train_config",
+    "epoch", "step", "best_metric", "rng", "train_config",
 )
+MODEL_KEYS = ("model_name", "model_config", "model")  # what a model (not a run) needs
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -112,30 +125,31 @@ def make_checkpoint(
     scaler: torch.amp.GradScaler | None,
     epoch: int,
     step: int,
-    best_top1: float | None,
+    best_metric: float | None,
     cfg: TrainConfig,
 ) -> dict[str, Any]:
     return {
         "model_name": model_name,
         "model_config": dataclasses.asdict(model.cfg),
-        "model": model_state(model, include_frozen=cfg.save_frozen),
+        "model": model_state(model, include_frozen=cfg.run.save_frozen),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": epoch,
         "step": step,
-        "best_top1": best_top1,
+        "best_metric": best_metric,
         "rng": rng_state(),
         "train_config": to_dict(cfg),
     }
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by ``make_checkpoint``; checks that every key is present."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+    """A checkpoint written by ``make_checkpoint``; checks that every key of ``keys`` is present."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else list(keys)
     if missing:
-        raise ValueError(f"{path}: not a side4video training checkpoint (missing keys {missing})")
+        raise ValueError(f"{path}: not a side4video checkpoint (missing keys {missing})")
     return ckpt
 
 
@@ -151,25 +165,91 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return Path(resume)
 
 
-def load_model_for_inference(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, TrainConfig]:
-    """The model of a training checkpoint (or of a merged export directory) in eval mode, and the run's
-    ``TrainConfig``."""
-    if Path(path).is_dir():
-        from ..export import CONFIG_FILE, load_exported
+def image_size_of(ckpt: dict[str, Any], backbone: str) -> int | None:
+    """The run's input resolution: its ``train_config``, else the saved positional embedding ``(1 + g*g, D)``."""
+    train_config = ckpt.get("train_config") or {}
+    size = (train_config.get("model") or {}).get("image_size") or train_config.get("image_size")
+    if size is not None:
+        return int(size)
+    pos = ckpt["model"].get("backbone.positional_embedding")
+    return None if pos is None else math.isqrt(pos.shape[0] - 1) * BACKBONES[backbone].patch_size
 
-        config = json.loads((Path(path) / CONFIG_FILE).read_text()) if (Path(path) / CONFIG_FILE).is_file() else {}
+
+def materialise(name: str, cfg: Any, state: dict[str, torch.Tensor], image_size: int | None) -> nn.Module:
+    """Build preset ``name`` without initialising weights and load the complete ``state`` into it."""
+    with torch.device("meta"):
+        model = build_model(name, cfg, image_size=image_size)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], source: str | Path, pretrained: str | Path | None = None
+) -> nn.Module:
+    """The model of a training checkpoint, in eval mode. A trainable-only checkpoint (``save_frozen=False``)
+    takes its frozen weights from ``pretrained`` (default: the run's ``pretrained`` file)."""
+    name, state = ckpt["model_name"], ckpt["model"]
+    cfg = ckpt["model_config"]
+    image_size = image_size_of(ckpt, cfg["backbone"])
+    with torch.device("meta"):
+        absent = build_model(name, cfg, image_size=image_size).state_dict().keys() - state.keys()
+    if not absent:
+        return materialise(name, cfg, state, image_size)
+    train_config = ckpt.get("train_config") or {}
+    pretrained = pretrained or (train_config.get("model") or {}).get("pretrained") or train_config.get("pretrained")
+    if pretrained is None:
+        raise ValueError(f"{source}: the checkpoint lacks {len(absent)} weights (e.g. {sorted(absent)[:3]}) "
+                         "and no pretrained backbone file was given to supply the frozen ones")
+    model = build_model(name, cfg, pretrained=pretrained, image_size=image_size)
+    load_model_state(model, state, str(source))
+    return model.eval()
+
+
+def write_export(model: nn.Module, model_name: str, out_dir: str | Path, **info: Any) -> Path:
+    """``out_dir/model.safetensors`` (the complete state_dict) and ``out_dir/config.json`` (``model_name``,
+    ``model_config``, ``num_classes``, ``num_frames``, ``image_size`` and ``info``, e.g. the run's ``train_config``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_FILE),
+              metadata={"model_name": model_name})
+    config = {"model_name": model_name, "model_config": dataclasses.asdict(model.cfg),
+              "num_classes": getattr(model.cfg, "num_classes", None), "num_frames": model.cfg.num_frames,
+              "image_size": model.backbone.cfg.image_size, **info}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+def read_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of an export directory (eval mode, on ``device``) and its ``config.json``."""
+    directory = Path(directory)
+    for file in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / file).is_file():
+            raise FileNotFoundError(f"{directory / file} not found; is {directory} an export directory?")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    return materialise(config["model_name"], config["model_config"], state, config["image_size"]), config
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    pretrained: str | Path | None = None,
+    with_config: bool = False,
+) -> nn.Module | tuple[nn.Module, TrainConfig]:
+    """The model of a training checkpoint (``best.pt``, ``last.pt``) or an export directory, in eval mode.
+
+    ``pretrained``: the backbone file for a checkpoint saved without its frozen weights (default: the
+    run's). With ``with_config`` also the run's ``TrainConfig`` (test views, image size, data, ...).
+    """
+    if Path(path).is_dir():
+        model, config = read_export(path, device)
+        if not with_config:
+            return model
         if not config.get("train_config"):
-            raise ValueError(f"{path}: not a merged export with its training config ({CONFIG_FILE})")
-        return load_exported(path, device), from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
-    ckpt = load_checkpoint(path)
-    cfg = from_dict(ckpt["train_config"], f"{path}: train_config")
-    # With the frozen weights inside the checkpoint there is nothing to load from cfg.pretrained.
-    pretrained = None if cfg.save_frozen else cfg.pretrained
-    if not cfg.save_frozen and pretrained is None:
-        raise ValueError(f"{path} holds no frozen backbone weights (save_frozen=false) and its run had no "
-                         "pretrained backbone file to rebuild them from")
-    model = build_model(ckpt["model_name"], ckpt["model_config"], pretrained=pretrained, image_size=cfg.image_size)
-    load_model_state(model, ckpt["model"], str(path))
-    return model.to(device).eval(), cfg
+            raise ValueError(f"{path}: the export holds no training config ({CONFIG_FILE}: train_config)")
+        return model, from_dict(config["train_config"], f"{path}/{CONFIG_FILE}")
+    ckpt = load_checkpoint(path, keys=MODEL_KEYS)
+    model = model_from_checkpoint(ckpt, path, pretrained).to(device)
+    if not with_config:
+        return model
+    return model, from_dict(ckpt.get("train_config") or {"model": ckpt["model_name"]}, f"{path}: train_config")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
+@contextmanager
+def distributed_context(device: str = "auto") -> Iterator[DistInfo]:
+    """``init_distributed`` for the duration of the block; a group created here is destroyed at its end
+    (one that already existed, e.g. the caller's, is left alone)."""
+    owns_group = not dist.is_initialized()
+    try:
+        yield init_distributed(device)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce(tensor: torch.Tensor, info: DistInfo, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
@@ -75,10 +80,22 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def sharded_loader(
+    dataset: Dataset,
+    info: DistInfo,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    train: bool,
+    collate_fn: Callable[[list], dict[str, Any]],
+    drop_last: bool = False,
+) -> DataLoader:
+    """Sharded over ranks by a ``DistributedSampler`` (also with one process: it shuffles with (seed, epoch)).
+
+    ``drop_last`` drops each rank's last incomplete batch (the sampler itself pads to equal shards).
+    """
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed, drop_last=False
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, drop_last=drop_last, pin_memory=info.device.type == "cuda")

@@ -20,27 +20,46 @@ def wants_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     return not any(s in leaf for s in NO_DECAY_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups of the trainable parameters: ``decay`` and ``no_decay`` (names kept for logging)."""
-    groups = {
-        "decay": {"params": [], "names": [], "weight_decay": weight_decay},
-        "no_decay": {"params": [], "names": [], "weight_decay": 0.0},
-    }
+def param_groups(model: nn.Module, weight_decay: float, lr: float, group_lrs: dict[str, float] | None = None
+                 ) -> list[dict]:
+    """AdamW groups of the trainable parameters, by (learning-rate group, decay or not).
+
+    Decay follows :func:`wants_decay` plus the model's ``no_weight_decay()`` names (timm's hook).
+    The learning-rate group of a parameter is the model's ``lr_group(name)`` (default ``"default"``,
+    which learns at ``lr``); ``group_lrs`` gives the others' rates, e.g. ``{"clip": 1e-7}``.
+    """
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    lr_group = getattr(model, "lr_group", lambda name: "default")
+    rates = {"default": lr, **(group_lrs or {})}
+    groups: dict[tuple[str, bool], dict] = {}
     for module_name, module in model.named_modules():
         for leaf, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             name = f"{module_name}.{leaf}" if module_name else leaf
-            group = groups["decay" if wants_decay(name, param, module) else "no_decay"]
+            part = lr_group(name)
+            if part not in rates:
+                raise KeyError(f"{type(model).__name__}: parameter {name} is in learning-rate group {part!r}, "
+                               f"which has no rate (known: {sorted(rates)})")
+            decay = wants_decay(name, param, module) and name not in skip
+            group = groups.setdefault((part, decay), {
+                "name": f"{part}_{'decay' if decay else 'no_decay'}", "params": [], "names": [],
+                "lr": rates[part], "weight_decay": weight_decay if decay else 0.0,
+            })
             group["params"].append(param)
             group["names"].append(name)
-    return [dict(g, name=k) for k, g in groups.items() if g["params"]]
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]  # decay group first
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    group_lrs: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr, group_lrs)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -13,8 +12,9 @@ import torch
 from torch import nn
 
 from ..data import AugmentConfig, BadSample, VideoClipDataset
-from .config import TrainConfig
-from .evaluate import autocast_context, predict_views
+from ..methods.common import autocast_context
+from .config import TrainConfig, replace
+from .recognition import predict_views
 
 
 def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) -> VideoClipDataset:
@@ -25,10 +25,11 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
         raise ValueError(f"video paths may not contain whitespace (annotation list format): {spaced}")
     list_file = Path(list_dir) / "videos.txt"
     list_file.write_text("".join(f"{p} 0\n" for p in paths))
+    d, e = cfg.data, cfg.eval
     return VideoClipDataset(
-        list_file, "", num_frames=cfg.frames, train=False, image_size=cfg.image_size, sampling=cfg.sampling,
-        frame_interval=cfg.frame_interval, num_clips=cfg.test_clips, num_crops=cfg.test_crops,
-        test_short_side=cfg.test_short_side, augment=AugmentConfig(**cfg.augment), bad_sample_policy="skip",
+        list_file, "", num_frames=cfg.model.frames, train=False, image_size=cfg.model.image_size,
+        sampling=d.sampling, frame_interval=d.frame_interval, num_clips=e.test_clips, num_crops=e.test_crops,
+        test_short_side=e.test_short_side, augment=AugmentConfig(**d.augment), bad_sample_policy="skip",
         list_kind="video",
     )
 
@@ -45,7 +46,7 @@ def predict_videos(
     """One result per video, in order: ``{"path", "top": [{"label", "prob"[, "name"]}, ...]}`` with the
     ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``."""
     if views is not None:
-        cfg = dataclasses.replace(cfg, test_crops=views[0], test_clips=views[1])
+        cfg = replace(cfg, "--views", test_crops=views[0], test_clips=views[1])
     device = next(model.parameters()).device
     model.eval()
     results = []
@@ -56,8 +57,8 @@ def predict_videos(
             if isinstance(item, BadSample):
                 results.append({"path": str(video), "error": item.reason})
                 continue
-            with autocast_context(device, cfg.amp, getattr(torch, cfg.amp_dtype)):
-                probs = predict_views(model, item["video"][None].to(device), cfg.eval_chunk)[0]  # (C,)
+            with autocast_context(device, cfg.optim.amp, getattr(torch, cfg.optim.amp_dtype)):
+                probs = predict_views(model, item["video"][None].to(device), cfg.eval.eval_chunk)[0]  # (C,)
             top = probs.topk(min(topk, probs.numel()))
             results.append({"path": str(video), "top": [
                 {"label": int(k), "prob": float(p), **({"name": label_names[k]} if label_names else {})}

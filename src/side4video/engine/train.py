@@ -4,19 +4,24 @@ Run it with ``side4video train CONFIG.yaml`` (one process) or ``torchrun --nproc
 train ...`` (DDP: gloo on CPU, NCCL on CUDA). Everything a run does is decided by one ``TrainConfig``.
 
 Reproducibility: at the start of every epoch all generators are re-seeded from (seed, epoch, rank), the
-sampler shuffles with (seed, epoch) and the dataset draws its augmentations from (seed, epoch, index), and
-checkpoints are written at epoch boundaries with the generator states. So a run resumed from ``last.pt``
-ends with exactly the metrics of an uninterrupted run (on CPU; CUDA kernels may be non-deterministic).
+sampler shuffles with (seed, epoch) and the dataset draws each sample's augmentation from (seed, epoch,
+index, attempt), and checkpoints are written at epoch boundaries with the generator states. So a run
+resumed from ``last.pt`` ends with exactly the metrics of an uninterrupted run (on CPU; CUDA kernels
+may be non-deterministic).
 
 Files in ``output_dir`` (rank 0): ``config.yaml`` (resolved config), ``last.pt`` / ``best.pt``
 (see ``checkpoint.py`` for the layout), ``metrics.json`` (latest evaluation), ``log.jsonl`` (one JSON
 record per log step and per epoch), ``tb/`` (TensorBoard), ``bad_samples.txt`` (unreadable videos),
-``confusion.png`` (if ``confusion_matrix``).
+and whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``).
+
+Reading order: ``train`` -> ``build_run`` (data, model, optimiser, resume) -> per epoch ``train_one_epoch``
+then ``end_of_epoch`` (evaluate, log, checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -27,11 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..models import get_preset
+from ..methods.common import autocast_context
+from ..models import create_model, get_preset, make_config
 from .checkpoint import (
     atomic_save,
     load_checkpoint,
@@ -41,10 +48,9 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, save_yaml
-from .distributed import DistInfo, all_gather_objects, all_reduce, cleanup, init_distributed
-from .evaluate import autocast_context, confusion_matrix, save_confusion_matrix
-from .optim import build_scheduler
-from .tasks import get_task
+from .distributed import DistInfo, all_gather_objects, all_reduce, distributed_context
+from .optim import build_optimizer, build_scheduler
+from .tasks import Task
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,11 +66,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """A distinct seed for every (run seed, epoch, rank)."""
     return (seed * 1_000_003 + epoch * 9_973 + rank) % 2**63
-
-
-def make_loader(dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader | Any:
-    """The loader of ``cfg.model``'s task over ``dataset``, sharded over ranks (see ``tasks.py``)."""
-    return get_task(get_preset(cfg.model).task).make_loader(dataset, cfg, info, train)
 
 
 class RunLog:
@@ -144,60 +145,109 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
             all_reduce(p.grad, info).div_(info.world_size)
 
 
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds between epochs."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    task: Task
+    out: Path
+    train_set: Dataset
+    train_loader: DataLoader
+    val_loader: Any  # the task's evaluation data, or None
+    model: nn.Module
+    ddp_model: nn.Module  # ``model`` or its DDP wrapper (the one that runs the forward pass)
+    params: list[nn.Parameter]  # trainable parameters
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    start_epoch: int = 1
+    step: int = 0  # optimiser steps done
+    best: float | None = None  # best value of the task's metric
+    metrics: dict = dataclasses.field(default_factory=dict)  # what metrics.json holds
+
+
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` and return the final metrics (also written to ``output_dir/metrics.json``).
+    """Train ``cfg.model.name`` and return the final metrics (also written to ``output_dir/metrics.json``).
 
     ``train_set`` / ``val_set`` replace the datasets built from ``train_list`` / ``val_list``; they must
     yield the items of the task's dataset (``VideoClipDataset``, or ``CaptionDataset`` for retrieval).
     """
-    owns_group = not dist.is_initialized()
-    info = init_distributed(cfg.device)
-    try:
-        return _train(cfg, info, train_set, val_set)
-    finally:
-        if owns_group:
-            cleanup()
+    with distributed_context(cfg.run.device) as info:
+        run = build_run(cfg, info, train_set, val_set)
+        log = RunLog(run.out, info, cfg.run.tensorboard)
+        try:
+            for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
+                train_loss, elapsed, bad = train_one_epoch(run, epoch, log)
+                end_of_epoch(run, epoch, train_loss, elapsed, bad, log)
+        finally:
+            log.close()
+        return run.metrics
 
 
-def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set: Dataset | None) -> dict:
-    device, out = info.device, Path(cfg.output_dir)
-    task = get_task(get_preset(cfg.model).task)
+def make_model(cfg: TrainConfig, pretrained: bool = True) -> nn.Module:
+    """The run's model: its preset at the run's frames, image size and overrides, around the pretrained
+    backbone file (``pretrained=False``: a random one, e.g. on the meta device)."""
+    task = get_preset(cfg.model.name).task
+    return create_model(cfg.model.name, num_frames=cfg.model.frames, image_size=cfg.model.image_size,
+                        pretrained=cfg.model.pretrained if pretrained else None, **task.model_kwargs(cfg),
+                        **cfg.model.overrides)
 
-    # ---- data -------------------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's parameter groups: ``lr`` and, for CLIP's own parts of retrieval models,
+    ``lr_clip`` (see ``optim.param_groups``)."""
+    o = cfg.optim
+    return build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, group_lrs={"clip": o.lr_clip})
+
+
+def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set: Dataset | None) -> Run:
+    """Data, model, optimiser and schedule; then the state of ``last.pt`` when resuming."""
+    device, out = info.device, Path(cfg.run.output_dir)
+    task = get_preset(cfg.model.name).task
+    model_cfg = make_config(cfg.model.name, num_frames=cfg.model.frames, **task.model_kwargs(cfg),
+                            **cfg.model.overrides)
+
+    # ---- data (first: a mistyped path leaves no empty run folder behind) ---------------------------
     if train_set is None:
-        train_set = task.build_dataset(cfg, train=True)
-    if val_set is None and cfg.val_list:
-        val_set = task.build_dataset(cfg, train=False)
+        train_set = task.build_dataset(cfg, model_cfg, train=True)
+    if val_set is None and cfg.data.val_list:
+        val_set = task.build_dataset(cfg, model_cfg, train=False)
     train_loader = task.make_loader(train_set, cfg, info, train=True)
     val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
-    if info.is_main:  # only once the data could be read: a mistyped path leaves no empty run behind
+    if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = task.build_model(cfg).to(device)
+    seed_everything(cfg.run.seed)  # identical initial weights on every rank
+    model = make_model(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     ddp_model = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if info.enabled else model
     )
-    optimizer = task.build_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, cfg.min_lr_ratio)
-    amp_dtype = getattr(torch, cfg.amp_dtype)
-    use_amp = cfg.amp and device.type == "cuda"
+    o = cfg.optim
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train_loader) / o.grad_accum)
+    total_steps = steps_per_epoch * o.epochs
+    warmup_steps = min(round(o.warmup_epochs * steps_per_epoch), total_steps)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, o.min_lr_ratio)
+    amp_dtype = getattr(torch, o.amp_dtype)
+    use_amp = o.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    run = Run(cfg, info, task, out, train_set, train_loader, val_loader, model, ddp_model, params, optimizer,
+              scheduler, scaler, use_amp, amp_dtype)
     if info.is_main:
         n_train = sum(p.numel() for p in params)
-        print(f"{cfg.model}: {n_train / 1e6:.2f} M trainable parameters; {len(train_set)} training videos, "
-              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs on {info.world_size} x {device}")
+        print(f"{cfg.model.name}: {n_train / 1e6:.2f} M trainable parameters; {len(train_set)} training samples, "
+              f"{steps_per_epoch} steps/epoch x {o.epochs} epochs on {info.world_size} x {device}")
 
     # ---- resume -----------------------------------------------------------------------------------
-    start_epoch, step, best, metrics = 1, 0, None, {}  # best: the task's metric (checkpoint key best_top1)
-    resume_from = resolve_resume(cfg.resume, out)
+    resume_from = resolve_resume(cfg.run.resume, out)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
         load_model_state(model, ckpt["model"], str(resume_from))
@@ -206,102 +256,94 @@ def _train(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set:
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_top1"]
+        run.start_epoch, run.step, run.best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"]
         if (out / "metrics.json").is_file():
-            metrics = json.loads((out / "metrics.json").read_text())
+            run.metrics = json.loads((out / "metrics.json").read_text())
         if info.is_main:
-            print(f"resumed from {resume_from} at epoch {ckpt['epoch']}, step {step}")
-    log = RunLog(out, info, cfg.tensorboard)
+            print(f"resumed from {resume_from} at epoch {ckpt['epoch']}, step {run.step}")
+    return run
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        # ---- one epoch of training ---------------------------------------------------------------
-        seed_everything(epoch_seed(cfg.seed, epoch, info.rank))
-        train_loader.sampler.set_epoch(epoch)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum over clips of the loss
-        clip_count, bad, pending, synced = 0, [], 0, False
-        n_batches = len(train_loader)
-        tic, window_clips, window_start = time.perf_counter(), 0, time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not info.is_main,
-                   dynamic_ncols=True)
-        for i, batch in enumerate(train_loader):
-            bad.extend(batch["bad"])
-            group_end = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
-            group_size = min(cfg.grad_accum, n_batches - (i // cfg.grad_accum) * cfg.grad_accum)
-            if all_ranks_have_clips(batch, info):
-                # DDP all-reduces gradients only on the last micro-batch of an accumulation group.
-                sync = contextlib.nullcontext() if group_end or not info.enabled else ddp_model.no_sync()
-                with sync:
-                    with autocast_context(device, use_amp, amp_dtype):
-                        loss, clips = task.loss(ddp_model, batch, cfg, device)  # mean over (B*R) clips
-                    check_finite(loss, info, epoch, step, i, out)
-                    scaler.scale(loss / group_size).backward()
-                loss_sum += loss.detach().double() * clips
-                clip_count += clips
-                window_clips += clips * info.world_size
-                pending, synced = pending + 1, group_end
-            if group_end and pending:
-                if info.enabled and not synced:
-                    average_gradients(params, info)
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step, pending = step + 1, 0
-                if step % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    values = {"loss": loss.item(), "lr": max(g["lr"] for g in optimizer.param_groups),
-                              "grad_norm": grad_norm.item(), "clips_per_s": window_clips / (now - window_start),
-                              "epoch": epoch}
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
-                                    clips_s=f"{values['clips_per_s']:.1f}")
-                    log.record("train", step, values)
-                    window_clips, window_start = 0, now
-            bar.update(1)
-        bar.close()
-        totals = all_reduce(torch.stack([loss_sum, torch.tensor(float(clip_count), device=device).double()]), info)
-        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
-        log.bad_samples([s for rank_bad in all_gather_objects(bad, info) for s in rank_bad])
 
-        # ---- evaluation ----------------------------------------------------------------------------
-        evaluated = val_loader is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
-        if evaluated:
-            val, preds = task.evaluate(model, val_loader, cfg, info)
-            log.bad_samples(preds.bad)
-            is_best = best is None or val[task.metric] > best
-            best = val[task.metric] if is_best else best
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": best}
-            if cfg.confusion_matrix and info.is_main:
-                save_confusion_matrix(confusion_matrix(preds.probs, preds.labels), out / "confusion.png",
-                                      _label_names(cfg.label_names))
-        else:
-            is_best = False
-            metrics = {**metrics, "epoch": epoch, "train_loss": train_loss}
-        elapsed = time.perf_counter() - tic
-        log.record("epoch", step, {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": elapsed,
-                                   **({"val": metrics["val"]} if evaluated else {})})
+def train_one_epoch(run: Run, epoch: int, log: RunLog) -> tuple[float, float, list]:
+    """One pass over the training data; returns (mean loss over clips, seconds, bad samples seen)."""
+    cfg, info, device = run.cfg, run.info, run.info.device
+    seed_everything(epoch_seed(cfg.run.seed, epoch, info.rank))
+    run.train_loader.sampler.set_epoch(epoch)
+    if hasattr(run.train_set, "set_epoch"):
+        run.train_set.set_epoch(epoch)
+    run.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum over clips of the loss
+    clip_count, bad, pending, synced = 0, [], 0, False
+    accum, n_batches = cfg.optim.grad_accum, len(run.train_loader)
+    tic, window_clips, window_start = time.perf_counter(), 0, time.perf_counter()
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", disable=not info.is_main,
+               dynamic_ncols=True)
+    for i, batch in enumerate(run.train_loader):
+        bad.extend(batch["bad"])
+        group_end = (i + 1) % accum == 0 or i + 1 == n_batches
+        group_size = min(accum, n_batches - (i // accum) * accum)
+        if all_ranks_have_clips(batch, info):
+            # DDP all-reduces gradients only on the last micro-batch of an accumulation group.
+            sync = contextlib.nullcontext() if group_end or not info.enabled else run.ddp_model.no_sync()
+            with sync:
+                with autocast_context(device, run.use_amp, run.amp_dtype):
+                    loss, clips = run.task.loss(run.ddp_model, batch, device, cfg)  # mean over the clips
+                check_finite(loss, info, epoch, run.step, i, run.out)
+                run.scaler.scale(loss / group_size).backward()
+            loss_sum += loss.detach().double() * clips
+            clip_count += clips
+            window_clips += clips * info.world_size
+            pending, synced = pending + 1, group_end
+        if group_end and pending:
+            if info.enabled and not synced:
+                average_gradients(run.params, info)
+            run.scaler.unscale_(run.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.clip_grad or math.inf)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            run.step, pending = run.step + 1, 0
+            if run.step % cfg.run.log_every == 0:
+                now = time.perf_counter()
+                values = {"loss": loss.item(), "lr": max(g["lr"] for g in run.optimizer.param_groups),
+                          "grad_norm": grad_norm.item(), "clips_per_s": window_clips / (now - window_start),
+                          "epoch": epoch}
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                                clips_s=f"{values['clips_per_s']:.1f}")
+                log.record("train", run.step, values)
+                window_clips, window_start = 0, now
+        bar.update(1)
+    bar.close()
+    totals = all_reduce(torch.stack([loss_sum, torch.tensor(float(clip_count), device=device).double()]), info)
+    return (totals[0] / totals[1].clamp(min=1)).item(), time.perf_counter() - tic, bad
+
+
+def end_of_epoch(run: Run, epoch: int, train_loss: float, elapsed: float, bad: list, log: RunLog) -> None:
+    """Evaluate (every ``eval_every`` epochs and at the last), log, and write the checkpoints and metrics."""
+    cfg, info, task = run.cfg, run.info, run.task
+    log.bad_samples([s for rank_bad in all_gather_objects(bad, info) for s in rank_bad])
+    evaluated = run.val_loader is not None and (epoch % cfg.eval.eval_every == 0 or epoch == cfg.optim.epochs)
+    is_best = False
+    if evaluated:
+        val, results = task.evaluate(run.model, run.val_loader, cfg, info)
+        log.bad_samples(results.bad)
+        is_best = run.best is None or val[task.metric] > run.best
+        run.best = val[task.metric] if is_best else run.best
+        run.metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": run.best}
         if info.is_main:
-            val_text = f", val {task.describe(metrics['val'])}" if evaluated else ""
-            print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
-
-        # ---- checkpoint and metrics at the epoch boundary ------------------------------------------
-        if info.is_main:
-            ckpt = make_checkpoint(model, cfg.model, optimizer, scheduler, scaler, epoch, step, best, cfg)
-            atomic_save(ckpt, out / "last.pt")
-            if is_best:
-                atomic_save(ckpt, out / "best.pt")
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.close()
-    return metrics
-
-
-def _label_names(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    from ..data import read_label_names
-
-    return read_label_names(path)
+            task.save_results(results, cfg, run.out)
+    else:
+        run.metrics = {**run.metrics, "epoch": epoch, "train_loss": train_loss}
+    log.record("epoch", run.step, {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": elapsed,
+                                   **({"val": run.metrics["val"]} if evaluated else {})})
+    if not info.is_main:
+        return
+    val_text = f", val {task.describe(run.metrics['val'])}" if evaluated else ""
+    print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
+    ckpt = make_checkpoint(run.model, cfg.model.name, run.optimizer, run.scheduler, run.scaler, epoch, run.step,
+                           run.best, cfg)
+    atomic_save(ckpt, run.out / "last.pt")
+    if is_best:
+        atomic_save(ckpt, run.out / "best.pt")
+    (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbones.vit import VisionTransformer, build_vit, freeze
+from ..backbones.vit import VisionTransformer
+from .common import ClassifierConfig, VideoModel, fold_frames, unfold_frames
 
 
 class FrameMeanHead(nn.Module):
@@ -34,59 +35,43 @@ class FrameMeanHead(nn.Module):
         return self.fc(self.dropout(x))  # (B, D) -> (B, num_classes)
 
 
-class FrameMeanClassifier(nn.Module):
+class FrameMeanClassifier(VideoModel):
     """A ViT run per frame, mean of ``ln_post([CLS])`` over frames, :class:`FrameMeanHead`.
 
-    ``cfg`` needs ``num_classes`` and ``dropout``. Subclasses decide what trains and how the
-    ViT is modified (adapters at its injection points, another attention layer ...).
+    Subclasses decide what trains and how the ViT is modified (adapters at its injection points,
+    another attention layer ...); ``grad_checkpointing`` in their config recomputes ViT blocks.
     """
 
-    def __init__(self, cfg, backbone: VisionTransformer) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        self.head = FrameMeanHead(backbone.width, cfg.num_classes, cfg.dropout)
+    def __init__(self, cfg: ClassifierConfig, backbone: VisionTransformer | None, **kw) -> None:
+        super().__init__(cfg, backbone, **kw)
+        self.head = FrameMeanHead(self.backbone.width, cfg.num_classes, cfg.dropout)
+        self.set_grad_checkpointing(getattr(cfg, "grad_checkpointing", False))
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Frame-averaged ``ln_post([CLS])``: ``(B, 3, T, H, W) -> (B, D)``."""
-        if video.ndim != 5:
-            raise ValueError(f"expected a clip (B, 3, T, H, W), got shape {tuple(video.shape)}")
-        b, c, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, 3, H, W)
-        tokens = self.backbone.forward_features(frames, num_frames=t)  # (B*T, 1+N, D)
+        t = video.shape[2]
+        tokens = self.run_backbone(self.backbone.forward_features, fold_frames(video), t)  # (B*T, 1+N, D)
         cls = self.backbone.ln_post(tokens[:, 0])  # (B*T, D)
-        return cls.view(b, t, -1).mean(dim=1)  # (B, D)
+        return unfold_frames(cls, t).mean(dim=1)  # (B, D)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(video))
 
 
 @dataclass(frozen=True)
-class FrozenMeanPConfig:
-    backbone: str = "ViT-B-16"
-    num_classes: int = 400
-    num_frames: int = 8
-    dropout: float = 0.5
+class FrozenMeanPConfig(ClassifierConfig):
+    pass
 
 
 class FrozenMeanP(FrameMeanClassifier):
     """Linear probe: frozen ViT under ``no_grad``, only the head trains."""
 
     def __init__(self, cfg: FrozenMeanPConfig, backbone: VisionTransformer | None = None) -> None:
-        super().__init__(cfg, freeze(backbone if backbone is not None else build_vit(cfg.backbone)))
-
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return super().forward_features(video)
-
-    def train(self, mode: bool = True) -> FrozenMeanP:
-        super().train(mode)
-        self.backbone.eval()  # frozen: never in training mode
-        return self
+        super().__init__(cfg, backbone, frozen=True, no_grad_backbone=True)
 
 
 @dataclass(frozen=True)
-class FullFinetuneConfig(FrozenMeanPConfig):
+class FullFinetuneConfig(ClassifierConfig):
     grad_checkpointing: bool = False  # recompute each ViT block in backward instead of storing it
 
 
@@ -98,10 +83,7 @@ class FullFinetune(FrameMeanClassifier):
     """
 
     def __init__(self, cfg: FullFinetuneConfig, backbone: VisionTransformer | None = None) -> None:
-        vit = backbone if backbone is not None else build_vit(cfg.backbone)
-        vit.requires_grad_(True)
-        for p in (vit.proj, vit.proj_bias):
+        super().__init__(cfg, backbone, frozen=False)
+        for p in (self.backbone.proj, self.backbone.proj_bias):
             if p is not None:
                 p.requires_grad_(False)
-        vit.grad_checkpointing = cfg.grad_checkpointing
-        super().__init__(cfg, vit)

@@ -13,104 +13,67 @@ the frames token-wise (DRL / FILIP): with L2-normalised tokens ``t_i`` and frame
     v2t = sum_j softmax_j(w_frame(f_j)) max_i <t_i, f_j>
     logit = (t2v + v2t) / 2 * exp(logit_scale)
 
-and trained with a symmetric InfoNCE loss over the (globally gathered, under DDP) batch.
+trained with a symmetric InfoNCE loss over the (globally gathered, under DDP) batch: the loss lives
+with the retrieval task (``engine/retrieval.py``), the models only embed and score.
 
 The CLIP4Clip baseline with a frozen image encoder ("CLIP4Clip 🔒") mean-pools CLIP's per-frame
 image embeddings and matches them to CLIP's EOT text embedding by cosine similarity.
 
 Both models share one interface: ``encode_video(video)``, ``encode_text(ids, mask)``,
 ``similarity(video_emb, text_emb, text_mask) -> (num_texts, num_videos)`` (cosine scale, no
-temperature) and ``forward(video, ids, mask) -> loss``.
+temperature), ``logit_scale`` (CLIP's learned temperature, log scale) and
+``forward(video, ids, mask) -> (video_emb, text_emb)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.text import TEXT_TOWERS, TextConfig, TextTransformer
-from ..backbones.vit import VisionTransformer, build_vit, freeze
-from .side4video import Side4Video, backbone_context
-
-
-def _resolve_text(cfg) -> None:
-    """``text=None`` -> the backbone's CLIP text tower; a dict (from a checkpoint) -> ``TextConfig``."""
-    text = cfg.text
-    if text is None:
-        if cfg.backbone not in TEXT_TOWERS:
-            raise KeyError(f"no default text tower for backbone {cfg.backbone!r}; pass text=TextConfig(...)")
-        text = TEXT_TOWERS[cfg.backbone]
-    elif isinstance(text, dict):
-        text = TextConfig(**text)
-    object.__setattr__(cfg, "text", text)
-    if cfg.text_length > text.context_length:
-        raise ValueError(f"text_length {cfg.text_length} exceeds the context length {text.context_length}")
+from ..backbones.vit import VisionTransformer
+from .common import VideoConfig, VideoModel, fold_frames, unfold_frames
+from .side4video import SideConfig, SideModel
 
 
 @dataclass(frozen=True)
-class RetrievalConfig:
-    """Side4Video for text-video retrieval (side-network fields as in ``Side4VideoConfig``)."""
+class TextVideoConfig(VideoConfig):
+    """Fields of every retrieval model: frames, caption length and the CLIP text tower."""
 
-    backbone: str = "ViT-B-32"
     num_frames: int = 12
-    side_layers: int = 12
-    side_width: int = 320
     text_length: int = 32  # tokens per caption (SOT and EOT included) used by the recipe
     text: TextConfig | None = None  # None: the CLIP text tower of ``backbone``
-    head_width: int = 64
-    mlp_ratio: float = 4.0
-    taps: Literal["interval", "top"] = "interval"
-    fusion: Literal["sum", "avg"] = "sum"
-    down_norm: Literal["pre", "post"] = "pre"
-    cls_shift: bool = True
-    post_norm: bool = False
-    checkpoint_parts: bool = False
-    autocast_backbone: bool = True
-    matching_hidden: int = 2  # hidden width of the token-weight MLPs, in multiples of the embed dim
 
     def __post_init__(self) -> None:
-        _resolve_text(self)
+        """``text=None`` -> the backbone's CLIP text tower; a dict (from a checkpoint) -> ``TextConfig``."""
+        text = self.text
+        if text is None:
+            if self.backbone not in TEXT_TOWERS:
+                raise KeyError(f"no default text tower for backbone {self.backbone!r}; pass text=TextConfig(...)")
+            text = TEXT_TOWERS[self.backbone]
+        elif isinstance(text, dict):
+            text = TextConfig(**text)
+        object.__setattr__(self, "text", text)
+        if self.text_length > text.context_length:
+            raise ValueError(f"text_length {self.text_length} exceeds the context length {text.context_length}")
 
 
 @dataclass(frozen=True)
-class Clip4ClipConfig:
+class RetrievalConfig(TextVideoConfig, SideConfig):
+    """Side4Video for text-video retrieval: the side network, ``U_p`` and token-wise matching."""
+
+    matching_hidden: int = 2  # hidden width of the token-weight MLPs, in multiples of the embed dim
+
+
+@dataclass(frozen=True)
+class Clip4ClipConfig(TextVideoConfig):
     """CLIP4Clip (mean pooling). With ``train_backbone=False`` (the paper's "CLIP4Clip 🔒 ViT") the
     image encoder is frozen and only the text tower is trained; with True both towers are fine-tuned."""
 
-    backbone: str = "ViT-B-32"
-    num_frames: int = 12
-    text_length: int = 32
-    text: TextConfig | None = None
-    autocast_backbone: bool = True
     train_backbone: bool = False
-
-    def __post_init__(self) -> None:
-        _resolve_text(self)
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0; gradients flow through this rank's slice.
-
-    Without an initialised process group (or with one rank) ``x`` is returned unchanged. Every
-    rank must pass a tensor of the same shape.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
-
-
-def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of a square ``(B, B)`` logit matrix with matching pairs on the diagonal, both ways."""
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
 def _weight_mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -142,19 +105,30 @@ class TokenWiseMatching(nn.Module):
         return 0.5 * (t2v + v2t)
 
 
-class ContrastiveRetrieval:
-    """Shared loss and text side of the retrieval models (needs ``self.text``, ``encode_video``,
-    ``encode_text`` and ``_similarity``)."""
+class TextVideoModel(VideoModel):
+    """The text side and the shared interface of the retrieval models (``_similarity`` per model)."""
 
     text: TextTransformer
 
-    def _check_text(
-        self, text: TextTransformer | None, cfg: RetrievalConfig | Clip4ClipConfig, embed_dim: int
-    ) -> TextTransformer:
-        text = text if text is not None else TextTransformer(cfg.text)
+    def _attach_text(self, text: TextTransformer | None) -> None:
+        """The CLIP text tower (trained), checked against the image tower's embedding width."""
+        text = text if text is not None else TextTransformer(self.cfg.text)
+        embed_dim = self.backbone.cfg.output_dim
+        if self.backbone.proj is None:
+            raise ValueError("retrieval needs a backbone with an output projection (output_dim)")
         if text.cfg.output_dim != embed_dim:
             raise ValueError(f"text tower embeds to {text.cfg.output_dim} but the image tower to {embed_dim}")
-        return text
+        self.text = text
+        self.cfg = replace(self.cfg, text=text.cfg)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature (log scale): logits are ``similarity * logit_scale.exp()``."""
+        return self.text.logit_scale
+
+    def lr_group(self, name: str) -> str:
+        """CLIP's own trained parts (text tower, ``logit_scale``, ``ln_post`` / ``proj``) learn at ``lr_clip``."""
+        return "clip" if name.startswith(("text.", "backbone.")) else "default"
 
     def similarity(
         self,
@@ -164,26 +138,22 @@ class ContrastiveRetrieval:
         chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Similarity ``(num_texts, num_videos)``, without the temperature; ``chunk_size`` texts at a time."""
-        if chunk_size is None:
-            return self._similarity(video_emb, text_emb, text_mask)
-        rows = []
-        for start in range(0, text_emb.shape[0], chunk_size):
-            part = slice(start, start + chunk_size)
-            mask = None if text_mask is None else text_mask[part]
-            rows.append(self._similarity(video_emb, text_emb[part], mask))
-        return torch.cat(rows)
+        step = chunk_size or max(1, text_emb.shape[0])
+        rows = [
+            self._similarity(video_emb, text_emb[i:i + step], None if text_mask is None else text_mask[i:i + step])
+            for i in range(0, text_emb.shape[0], step)
+        ]
+        return torch.cat(rows) if rows else text_emb.new_zeros(0, video_emb.shape[0])
 
-    def forward(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE loss of a batch of matching (video, caption) pairs."""
-        video_emb = all_gather_with_grad(self.encode_video(video))
-        text_emb = all_gather_with_grad(self.encode_text(ids, mask))
-        mask = all_gather_with_grad(mask)
-        logits = self._similarity(video_emb, text_emb, mask) * self.text.logit_scale.exp()
-        return symmetric_infonce(logits)
+    def forward(
+        self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of a batch of (video, caption) pairs: ``(encode_video(video), encode_text(ids, mask))``."""
+        return self.encode_video(video), self.encode_text(ids, mask)
 
 
-class Side4VideoRetrieval(ContrastiveRetrieval, Side4Video):
-    """Side4Video retrieval model. ``head`` is ``U_p``; the ViT's ``ln_post`` and ``proj`` are trained."""
+class Side4VideoRetrieval(TextVideoModel, SideModel):
+    """Side4Video retrieval model: ``up`` is ``U_p``; the ViT's ``ln_post`` and ``proj`` are trained."""
 
     def __init__(
         self,
@@ -191,30 +161,24 @@ class Side4VideoRetrieval(ContrastiveRetrieval, Side4Video):
         backbone: VisionTransformer | None = None,
         text: TextTransformer | None = None,
     ) -> None:
-        super().__init__(cfg, backbone)
+        SideModel.__init__(self, cfg, backbone)
         vit = self.backbone
-        if self.taps[-1] != vit.cfg.layers - 1:
-            raise ValueError(f"the side network must read the ViT's last layer; taps are {self.taps}")
-        if vit.proj is None:
-            raise ValueError("retrieval needs a backbone with an output projection (output_dim)")
+        if self.side.taps[-1] != vit.cfg.layers - 1:
+            raise ValueError(f"the side network must read the ViT's last layer; taps are {self.side.taps}")
+        self._attach_text(text)
         for p in (*vit.ln_post.parameters(), vit.proj, vit.proj_bias):
             if p is not None:
                 p.requires_grad_(True)
-        nn.init.zeros_(self.head.weight)  # s_final starts as CLIP's image embedding of each frame
-        self.text = self._check_text(text, cfg, vit.cfg.output_dim)
-        self.cfg = replace(cfg, text=self.text.cfg)
+        self.up = nn.Linear(cfg.side_width, vit.cfg.width, bias=False)  # U_p
+        nn.init.zeros_(self.up.weight)  # s_final starts as CLIP's image embedding of each frame
         self.matching = TokenWiseMatching(vit.cfg.output_dim, cfg.matching_hidden)
-
-    def _make_head(self) -> nn.Module:
-        return nn.Linear(self.cfg.side_width, self.backbone.cfg.width, bias=False)  # U_p
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Frame embeddings ``(B, T, E)`` of a normalised clip ``(B, 3, T, H, W)``."""
-        b, _, t, _, _ = video.shape
         feats = self.backbone_features(video)
-        side = self.forward_side(video, feats)  # (B, T, N, d)
-        cls = feats[-1][:, 0].view(b, t, -1).to(side.dtype)  # (B, T, D): last-layer [CLS]
-        x = self.head(side.mean(dim=2)) + cls  # (B, T, D)
+        side = self.side(video, feats)  # (B, T, N, d)
+        cls = unfold_frames(feats[-1][:, 0], video.shape[2]).to(side.dtype)  # (B, T, D): last-layer [CLS]
+        x = self.up(side.mean(dim=2)) + cls  # (B, T, D)
         return self.backbone.project(self.backbone.ln_post(x))  # (B, T, E)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,7 +191,7 @@ class Side4VideoRetrieval(ContrastiveRetrieval, Side4Video):
         return self.matching(text_emb, text_mask, video_emb)
 
 
-class Clip4Clip(ContrastiveRetrieval, nn.Module):
+class Clip4Clip(TextVideoModel):
     """CLIP4Clip meanP: mean of normalised per-frame CLIP embeddings, cosine similarity."""
 
     def __init__(
@@ -236,23 +200,14 @@ class Clip4Clip(ContrastiveRetrieval, nn.Module):
         backbone: VisionTransformer | None = None,
         text: TextTransformer | None = None,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone if backbone is not None else build_vit(cfg.backbone)
-        if not cfg.train_backbone:
-            freeze(self.backbone)
-        if self.backbone.proj is None:
-            raise ValueError("retrieval needs a backbone with an output projection (output_dim)")
-        self.text = self._check_text(text, cfg, self.backbone.cfg.output_dim)
-        self.cfg = replace(cfg, text=self.text.cfg)
+        frozen = not cfg.train_backbone
+        super().__init__(cfg, backbone, frozen=frozen, no_grad_backbone=frozen)
+        self._attach_text(text)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding ``(B, E)``: mean over frames of the L2-normalised CLIP image embeddings."""
-        b, _, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, 3, h, w)  # (B*T, 3, H, W)
-        grad = torch.enable_grad() if self.cfg.train_backbone else torch.no_grad()
-        with grad, backbone_context(video.device, self.cfg.autocast_backbone):
-            emb = self.backbone.encode_image(frames)  # (B*T, E)
-        return F.normalize(emb.float().view(b, t, -1), dim=-1).mean(dim=1)  # (B, E)
+        emb = self.run_backbone(self.backbone.encode_image, fold_frames(video))  # (B*T, E)
+        return F.normalize(unfold_frames(emb.float(), video.shape[2]), dim=-1).mean(dim=1)  # (B, E)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """CLIP's EOT text embedding ``(B, E)`` (the mask is not needed: the tower is causal)."""
@@ -260,32 +215,3 @@ class Clip4Clip(ContrastiveRetrieval, nn.Module):
 
     def _similarity(self, video_emb: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor | None):
         return F.normalize(text_emb, dim=-1) @ F.normalize(video_emb, dim=-1).t()  # (Nt, Nv)
-
-    def train(self, mode: bool = True) -> Clip4Clip:
-        super().train(mode)
-        if not self.cfg.train_backbone:
-            self.backbone.eval()
-        return self
-
-
-def param_groups(
-    model: nn.Module, lr_new: float = 1e-4, lr_clip: float = 1e-7, weight_decay: float = 0.2
-) -> list[dict]:
-    """Optimizer groups of the trainable parameters: CLIP's own parts (text tower, ``logit_scale``,
-    the ViT's ``ln_post`` / ``proj``) get ``lr_clip``, new modules ``lr_new``; weight decay only
-    on matrices (not on biases, norms, embeddings' scales or ``logit_scale``)."""
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        part = "clip" if name.startswith(("text.", "backbone.")) else "new"
-        groups.setdefault((part, p.ndim >= 2), []).append(p)
-    return [
-        {
-            "name": f"{part}_{'decay' if decay else 'no_decay'}",
-            "params": params,
-            "lr": lr_clip if part == "clip" else lr_new,
-            "weight_decay": weight_decay if decay else 0.0,
-        }
-        for (part, decay), params in sorted(groups.items())
-    ]

@@ -28,16 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..backbones.vit import Attention, VisionTransformer, build_vit, freeze
+from ..backbones.vit import Attention, VisionConfig, VisionTransformer
+from .common import ClassifierConfig, VideoConfig, VideoModel, fold_frames
 
 
 @dataclass(frozen=True)
-class Side4VideoConfig:
-    backbone: str = "ViT-B-16"
+class SideConfig(VideoConfig):
+    """The side network's fields, shared by the recognition and the retrieval configs."""
+
     side_layers: int = 12
     side_width: int = 320
-    num_classes: int = 400
-    num_frames: int = 8
     head_width: int = 64  # attention heads = side_width // head_width
     mlp_ratio: float = 4.0
     taps: Literal["interval", "top"] = "interval"  # which ViT layers feed a shallower side network
@@ -46,8 +46,11 @@ class Side4VideoConfig:
     cls_shift: bool = True
     post_norm: bool = False  # E/14 variant
     checkpoint_parts: bool = False  # activation checkpointing of each part of every side block
-    dropout: float = 0.5
-    autocast_backbone: bool = True  # bf16 autocast for the frozen ViT on CUDA
+
+
+@dataclass(frozen=True)
+class Side4VideoConfig(SideConfig, ClassifierConfig):
+    """Side4Video for recognition: the side network and a classifier head."""
 
 
 def tap_indices(side_layers: int, vit_layers: int, mode: str = "interval") -> list[int]:
@@ -211,22 +214,20 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.in_proj_bias)
 
 
-def backbone_context(device: torch.device, enabled: bool):
-    """Autocast for the frozen ViT: bf16 on CUDA, nothing elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+class SideNetwork(nn.Module):
+    """The side network: stem, one down-projection and one block per tapped ViT layer.
 
+    ``forward(video, feats)`` takes the clip and the tapped ViT tokens (each ``(B*T, 1+N, D)``)
+    and returns the side tokens ``(B, T, N, d)``; heads (recognition, retrieval) read them.
+    """
 
-class Side4Video(nn.Module):
-    """Side4Video for action recognition. Input: a normalised clip ``(B, 3, T, H, W)``."""
-
-    def __init__(self, cfg: Side4VideoConfig, backbone: VisionTransformer | None = None) -> None:
+    def __init__(self, cfg: SideConfig, vit: VisionConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
-        vit = self.backbone.cfg
         d, p = cfg.side_width, vit.patch_size
         if d % cfg.head_width:
             raise ValueError(f"side width {d} is not a multiple of the head width {cfg.head_width}")
+        self.fusion = cfg.fusion
+        self.cls_shift = cfg.cls_shift
         self.taps = tap_indices(cfg.side_layers, vit.layers, cfg.taps)
         self.stem = nn.Conv3d(3, d, kernel_size=(3, p, p), stride=(1, p, p), padding=(1, 0, 0))
         self.stem_norm = nn.BatchNorm3d(d)
@@ -236,23 +237,13 @@ class Side4Video(nn.Module):
             SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts)
             for _ in self.taps
         )
-        self.head = self._make_head()
-        for name, module in self.named_modules():
-            if not name.startswith("backbone"):
-                _init_weights(module)
+        self.apply(_init_weights)
 
-    def _make_head(self) -> nn.Module:
-        return RecognitionHead(self.cfg.side_width, self.cfg.num_classes, self.cfg.dropout)
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for block in self.blocks:
+            block.checkpoint_parts = enable
 
-    def backbone_features(self, video: torch.Tensor) -> list[torch.Tensor]:
-        """The tapped ViT tokens, each ``(B*T, 1+N, D)``, computed without autograd."""
-        b, _, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, 3, h, w)  # (B*T, 3, H, W)
-        with torch.no_grad(), backbone_context(video.device, self.cfg.autocast_backbone):
-            return self.backbone.forward_intermediates(frames, self.taps, num_frames=t)
-
-    def forward_side(self, video: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Run the side network on ``video`` and the ViT features: returns ``(B, T, N, d)``."""
+    def forward(self, video: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
         b, _, t, _, _ = video.shape
         x = self.stem_norm(self.stem(video))  # (B, d, T, h, w)
         x = x.flatten(3).permute(0, 2, 3, 1)  # (B, T, N, d)
@@ -260,18 +251,40 @@ class Side4Video(nn.Module):
         for down, block, z in zip(self.down, self.blocks, feats, strict=True):
             z = down(z.to(x.dtype)).view(b, t, n + 1, d)  # (B, T, 1+N, d)
             patches = z[:, :, 1:]
-            x = x + patches if self.cfg.fusion == "sum" else 0.5 * x + 0.5 * patches
-            cls = shift_cls(z[:, :, 0]) if self.cfg.cls_shift else z[:, :, 0]  # (B, T, d)
+            x = x + patches if self.fusion == "sum" else 0.5 * x + 0.5 * patches
+            cls = shift_cls(z[:, :, 0]) if self.cls_shift else z[:, :, 0]  # (B, T, d)
             x = block(x, cls, self.pos_embed)
         return x
 
+
+class SideModel(VideoModel):
+    """A frozen ViT run without autograd, and a :class:`SideNetwork` reading its tapped layers."""
+
+    def __init__(self, cfg: SideConfig, backbone: VisionTransformer | None) -> None:
+        super().__init__(cfg, backbone, frozen=True, no_grad_backbone=True)
+        self.side = SideNetwork(cfg, self.backbone.cfg)
+
+    def backbone_features(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped ViT tokens, each ``(B*T, 1+N, D)``, computed without autograd."""
+        return self.run_backbone(self.backbone.forward_intermediates, fold_frames(video), self.side.taps,
+                                 video.shape[2])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint each part of every side block (the frozen ViT keeps nothing for backward anyway)."""
+        self.side.set_grad_checkpointing(enable)
+
+
+class Side4Video(SideModel):
+    """Side4Video for action recognition. Input: a normalised clip ``(B, 3, T, H, W)``; output: logits."""
+
+    def __init__(self, cfg: Side4VideoConfig, backbone: VisionTransformer | None = None) -> None:
+        super().__init__(cfg, backbone)
+        self.head = RecognitionHead(cfg.side_width, cfg.num_classes, cfg.dropout)
+        self.head.apply(_init_weights)
+
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_side(video, self.backbone_features(video))
+        """Side tokens ``(B, T, N, d)``."""
+        return self.side(video, self.backbone_features(video))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(video))
-
-    def train(self, mode: bool = True) -> Side4Video:
-        super().train(mode)
-        self.backbone.eval()  # frozen: never in training mode
-        return self
+        return self.head(self.forward_features(video))  # (B, num_classes)

@@ -20,8 +20,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..backbones.vit import VisionTransformer, build_vit, freeze
+from ..backbones.vit import VisionTransformer
 from .baselines import FrameMeanClassifier
+from .common import ClassifierConfig
 
 
 class STAdapter(nn.Module):
@@ -63,15 +64,11 @@ class STAdapter(nn.Module):
 
 
 @dataclass(frozen=True)
-class STAdapterConfig:
-    backbone: str = "ViT-B-16"
-    num_classes: int = 400
-    num_frames: int = 8
+class STAdapterConfig(ClassifierConfig):
     bottleneck: int = 384
     kernel: tuple[int, int, int] = (3, 1, 1)  # both released models; the paper's ablation default is 3x3x3
     activation: Literal["gelu", "none"] = "gelu"  # paper: GELU after the conv; released code: none
     placement: Literal["attn", "attn+mlp"] = "attn"  # before MHSA (paper default) / also before the MLP
-    dropout: float = 0.5
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -84,13 +81,12 @@ class STAdapterModel(FrameMeanClassifier):
     """Frozen CLIP ViT with ST-Adapters; only the adapters and the head train."""
 
     def __init__(self, cfg: STAdapterConfig, backbone: VisionTransformer | None = None) -> None:
-        vit = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
-        vit.grad_checkpointing = cfg.grad_checkpointing
+        super().__init__(cfg, backbone, frozen=True)  # frozen, but gradients flow through it
+        vit = self.backbone
         for block in vit.blocks:
             block.stream_pre_attn = self._adapter(cfg, vit.width)
             if cfg.placement == "attn+mlp":
                 block.stream_pre_mlp = self._adapter(cfg, vit.width)
-        super().__init__(cfg, vit)
 
     @staticmethod
     def _adapter(cfg: STAdapterConfig, width: int) -> STAdapter:

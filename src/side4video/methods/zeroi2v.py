@@ -29,8 +29,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..backbones.vit import Attention, VisionTransformer, build_vit, freeze
+from ..backbones.vit import Attention, VisionTransformer, build_vit
 from .baselines import FrameMeanClassifier
+from .common import ClassifierConfig
 
 # Paper Table 6: leading heads' offsets, in the table's order, by dataset -> heads -> frames
 # (12 heads: ViT-B, 16 heads: ViT-L). The remaining heads are spatial (offset 0).
@@ -173,15 +174,11 @@ ADAPTER_POINTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 
 
 @dataclass(frozen=True)
-class ZeroI2VConfig:
-    backbone: str = "ViT-B-16"
-    num_classes: int = 400
-    num_frames: int = 8
+class ZeroI2VConfig(ClassifierConfig):
     adapter_ratio: float = 0.25  # bottleneck = round(ratio * width)
     adapter_scale: float = 0.5  # paper: 0.5 for K400, 1 for SSv2
     head_offsets: tuple[int, ...] | None = None  # None: paper Table 6 for the backbone and frame count
     offset_table: Literal["k400", "ssv2"] = "k400"  # which Table 6 (they differ at 16 frames)
-    dropout: float = 0.5
     grad_checkpointing: bool = False
     merged: bool = False  # adapters folded into the ViT weights (built by ZeroI2V.reparameterize)
 
@@ -194,7 +191,8 @@ class ZeroI2V(FrameMeanClassifier):
     """Frozen CLIP ViT with STDHA, linear adapters and a temporal embedding."""
 
     def __init__(self, cfg: ZeroI2VConfig, backbone: VisionTransformer | None = None) -> None:
-        vit = freeze(backbone if backbone is not None else build_vit(cfg.backbone))
+        super().__init__(cfg, backbone, frozen=True)  # frozen, but gradients flow through it
+        vit = self.backbone
         offsets = cfg.head_offsets
         if offsets is None:
             offsets = default_head_offsets(vit.cfg.heads, cfg.num_frames, cfg.offset_table)
@@ -206,8 +204,6 @@ class ZeroI2V(FrameMeanClassifier):
                     setattr(block, point, LinearAdapter(vit.width, bottleneck, cfg.adapter_scale))
         vit.embed_hook = TemporalEmbedding(cfg.num_frames, vit.width)
         vit.ln_post.requires_grad_(True)
-        vit.grad_checkpointing = cfg.grad_checkpointing
-        super().__init__(cfg, vit)
 
     @property
     def head_offsets(self) -> tuple[int, ...]:

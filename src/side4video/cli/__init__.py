@@ -1,0 +1,56 @@
+"""``side4video`` command line: one small function per subcommand.
+
+    side4video train [CONFIG] [--model NAME ...] [--set key=value ...]
+    side4video eval --checkpoint CKPT [--val-list F --data-root DIR] [--views 3x2] [--json]
+    side4video predict --checkpoint CKPT VIDEO... [--labels FILE] [--topk 5] [--json]
+    side4video check-data --list F --data-root DIR
+    side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
+    side4video export CKPT --out DIR
+    side4video demo [--output-dir DIR]
+    side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
+    side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
+
+Each command is a pair of functions in a module of this package: one registers its flags, one runs it
+with the parsed arguments and returns the exit code; ``COMMANDS`` lists the pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import data, evaluate, search, tools, train
+
+Command = tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {
+    "train": (train.add_parser, train.run),
+    "eval": (evaluate.add_eval_parser, evaluate.run_eval),
+    "predict": (evaluate.add_predict_parser, evaluate.run_predict),
+    "check-data": (data.add_parser, data.run),
+    "profile": (tools.add_profile_parser, tools.run_profile),
+    "export": (tools.add_export_parser, tools.run_export),
+    "demo": (tools.add_demo_parser, tools.run_demo),
+    "search": (search.add_search_parser, search.run_search),
+    "embed": (search.add_embed_parser, search.run_embed),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="side4video", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..engine.train import NonFiniteLossError
+    from ..typed_config import ConfigError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, NotImplementedError, ValueError, KeyError) as e:
+        print(f"side4video {args.command}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1

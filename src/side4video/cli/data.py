@@ -1,0 +1,27 @@
+"""``side4video check-data``: decode every video of a list and report problems."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="decode every video of a list and report problems")
+    p.add_argument("--list", required=True, dest="list_file")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--frames", type=int, default=8, help="frames a clip needs")
+    p.add_argument("--frames-template", default="img_{:05d}.jpg")
+    p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..data import check_data, format_report
+
+    report = check_data(args.list_file, args.data_root, args.frames, args.frames_template,
+                        decode=not args.quick, progress=not args.json)
+    print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}) if args.json else format_report(report))
+    return 0 if report.ok else 1
