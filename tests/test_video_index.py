@@ -9,8 +9,9 @@ from array import array
 
 import numpy as np
 import pytest
+import torch
 
-from side4video.data import check_data, format_report
+from side4video.data import VideoClipDataset, check_data, eval_views, format_report
 from side4video.data import video as video_module
 from side4video.data.frame_index import FrameIndexCache, frame_index
 from side4video.data.sampling import dense_indices, segment_indices
@@ -164,3 +165,16 @@ def test_check_data_warns_on_untrustworthy_metadata(assets, tmp_path):
         assert f"{list_file}:2: warning (frame_count): " in text
     frameless = [w.reason for w in report.warnings if w.line == 5]
     assert frameless == ["the header says 31 frames, decoding yields 30"]
+
+
+def test_dataset_decodes_at_the_short_side(assets, tmp_path):
+    """``decode_short_side``: the clip is made from frames resized while decoding, not from full-size ones."""
+    path = assets["h264_bframes.mp4"]  # 64 x 48
+    (tmp_path / "l.txt").write_text(f"{path} 0\n")
+    ds = VideoClipDataset(tmp_path / "l.txt", None, num_frames=4, train=False, image_size=16, decode_short_side=24)
+    ref = reference_frames(path, size=(24, 32))
+    indices = segment_indices(len(ref), 4, train=False)
+    (expected,) = eval_views(np.stack([ref[i] for i in indices]), 16, mean=ds.augment.mean, std=ds.augment.std)
+    torch.testing.assert_close(ds[0]["video"][0], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decode_short_side 12 is smaller than the image size 16"):
+        VideoClipDataset(tmp_path / "l.txt", None, num_frames=4, train=False, image_size=16, decode_short_side=12)

@@ -135,7 +135,7 @@ def encode_videos(
     if todo:
         augment = AugmentConfig(**cfg.data.augment)
         dataset = VideoOnlyDataset(todo, None, num_frames=cfg.model.frames, image_size=cfg.model.image_size,
-                                   train=False,
+                                   train=False, decode_short_side=cfg.data.decode_short_side,
                                    mean=augment.mean, std=augment.std)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_captions)
         if progress:

@@ -37,6 +37,7 @@ from .frame_index import (
 __all__ = [
     "ReadErrorKind",
     "VideoReadError",
+    "check_decode_short_side",
     "count_frames",
     "header_frame_count",
     "read_all_frames",
@@ -313,6 +314,13 @@ def read_frame_folder(
     if len(shapes) > 1:
         raise VideoReadError(path, f"frames of different sizes {sorted(shapes)}")
     return np.stack([frames[int(i)] for i in indices])
+
+
+def check_decode_short_side(short_side: int | None, image_size: int) -> int | None:
+    """A decode-time short side for clips cropped to ``image_size``: not below it (views would be upscaled)."""
+    if short_side is not None and short_side < image_size:
+        raise ValueError(f"decode_short_side {short_side} is smaller than the image size {image_size}")
+    return short_side
 
 
 class _FileReader:
