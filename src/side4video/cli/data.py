@@ -1,4 +1,5 @@
-"""``side4video check-data``: decode every video of a list and report problems."""
+"""``side4video check-data``: decode every video of a list, report problems and warn about untrustworthy
+metadata."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--frames", type=int, default=8, help="frames a clip needs")
     p.add_argument("--frames-template", default="img_{:05d}.jpg")
-    p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
+    p.add_argument("--quick", action="store_true", help="index the demuxed packets only, do not decode every frame")
     p.add_argument("--json", action="store_true")
 
 
