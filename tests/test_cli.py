@@ -110,7 +110,8 @@ def test_config_errors_exit_with_the_valid_keys(capsys, tmp_path):
                        str(tmp_path))
     assert code == 2
     assert "unknown key 'lrate'; valid keys: [" in err
-    assert "'lr'" in err and "'num_classes'" in err
+    assert "'lr'" in err
+    assert "'num_classes'" in err
     code, _, err = run(capsys, "train", "--model", "side4video-tiny", "--set", "model_overrides.widht=3")
     assert code == 2
     assert "'side_width'" in err

@@ -4,6 +4,7 @@ And the demo that shows it, run once at a small size: its table, report, results
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,13 +20,31 @@ def motion(tmp_path_factory):
                                size=IMAGE_SIZE, seed=0, num_val_per_class=VAL_PER_CLASS)
 
 
+@pytest.fixture
+def decode_once(monkeypatch):
+    """Each video is decoded once for the whole test instead of once per epoch: training reads exactly the
+    frames it would read from the file, without paying for the decoding 14 times."""
+    import side4video.data.dataset as dataset_module
+
+    original, cache = dataset_module.video_frame_source, {}
+
+    def cached(path: str):
+        if path not in cache:
+            n, read = original(path)
+            cache[path] = read(np.arange(n))  # (N, H, W, 3)
+        frames = cache[path]
+        return len(frames), lambda indices: frames[np.asarray(indices)]
+
+    monkeypatch.setattr(dataset_module, "video_frame_source", cached)
+
+
 def _top1(model: str, motion, out: Path) -> float:
     method = next(m for m in METHODS if m.model == model)
     cfg = _train_config(method, motion, out, epochs=14, seed=0)
     return train(cfg)["val"]["top1"]
 
 
-def test_side4video_learns_direction_and_the_frame_mean_probe_cannot(motion, tmp_path):
+def test_side4video_learns_direction_and_the_frame_mean_probe_cannot(motion, tmp_path, decode_once):
     torch.set_num_threads(2)
     side4video = _top1("side4video-tiny", motion, tmp_path)
     probe = _top1("frozen-meanp-tiny", motion, tmp_path)

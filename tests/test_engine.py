@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from side4video.engine.checkpoint import atomic_save, load_checkpoint, load_model
+from side4video.atomic import atomic_save
+from side4video.engine.checkpoint import load_checkpoint, load_model
 from side4video.engine.config import ConfigError, TrainConfig, make_config, replace, resolve_config
 from side4video.engine.optim import WarmupCosine, build_optimizer, build_scheduler, param_groups
 from side4video.engine.recognition import predict_views
@@ -406,3 +408,16 @@ def test_torchrun_two_process_gloo_run_counts_every_sample_once(tmp_path):
     loader = task.make_loader(task.build_dataset(cfg, model.cfg, train=False), cfg, DistInfo(), train=False)
     single, _ = task.evaluate(model, loader, cfg, DistInfo())
     assert single == pytest.approx(metrics["val"])
+
+
+def test_a_checkpoint_with_a_flat_train_config_still_loads(tmp_path):
+    # Runs saved their config flat before it was grouped; load_model reads both layouts.
+    model = create_model("side4video-tiny", num_classes=2, num_frames=2, image_size=32).eval()
+    flat = {"model": "side4video-tiny", "num_classes": 2, "frames": 2, "image_size": 32, "test_crops": 1}
+    torch.save({"model_name": "side4video-tiny", "model_config": dataclasses.asdict(model.cfg),
+                "model": model.state_dict(), "train_config": flat}, tmp_path / "old.pt")
+    loaded, cfg = load_model(tmp_path / "old.pt", with_config=True)
+    assert (cfg.model.image_size, cfg.eval.test_crops) == (32, 1)
+    video = torch.randn(1, 3, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), model(video))

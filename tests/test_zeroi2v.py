@@ -305,7 +305,7 @@ def test_export_rejects_models_without_a_merge(tmp_path):
     torch.manual_seed(0)
     probe = create_model("frozen-meanp-tiny", num_classes=4, num_frames=3, image_size=SIZE)
     save_checkpoint(tmp_path / "probe.pt", probe, name="frozen-meanp-tiny")
-    with pytest.raises(TypeError, match="no reparameterize"):
+    with pytest.raises(ValueError, match="no adapters to merge"):
         export_merged(tmp_path / "probe.pt", tmp_path / "export")
     torch.save({"model": probe.state_dict()}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="model_name"):

@@ -68,6 +68,7 @@ def _train_config(method: DemoMethod, data, out: Path, epochs: int, seed: int) -
         epochs=epochs, warmup_epochs=1, batch_size=BATCH, lr=method.lr, weight_decay=0.05, label_smoothing=0.0,
         test_crops=1, test_clips=1, eval_every=epochs, num_workers=0, device="cpu", seed=seed,
         output_dir=str(out / method.model), log_every=10_000, tensorboard=False,
+        overwrite=True,  # the demo re-creates its runs
     )
 
 
@@ -93,6 +94,7 @@ def _retrieval(out: Path, epochs: int, seed: int) -> list[dict]:
             lr_clip=method.lr,  # no CLIP weights to preserve: the text tower learns from scratch
             weight_decay=0.0, betas=(0.9, 0.98), eval_every=epochs, num_workers=0, device="cpu", seed=seed,
             output_dir=str(out / method.model), log_every=10_000, tensorboard=False,
+            overwrite=True,  # the demo re-creates its runs
         )
         val = train(cfg)["val"]
         prof = profile_model(method.model, frames=FRAMES, batch_size=BATCH, image_size=IMAGE_SIZE, device="cpu")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .engine.checkpoint import MODEL_KEYS, load_checkpoint, model_from_checkpoint, read_export, write_export
+from .models import get_preset
 
 
 @torch.no_grad()
@@ -40,9 +41,9 @@ def export_merged(
     checkpoint_path = Path(checkpoint_path)
     ckpt = load_checkpoint(checkpoint_path, keys=MODEL_KEYS)
     name = ckpt["model_name"]
+    if not hasattr(get_preset(name).build, "reparameterize"):  # refused before any weight is read
+        raise ValueError(f"{checkpoint_path}: {name} has no adapters to merge (export is for ZeroI2V checkpoints)")
     model = model_from_checkpoint(ckpt, checkpoint_path, pretrained).float()
-    if not hasattr(model, "reparameterize"):
-        raise TypeError(f"{checkpoint_path}: {name} ({type(model).__name__}) has no reparameterize() to merge")
     merged = model.reparameterize().eval()
 
     size = model.backbone.cfg.image_size

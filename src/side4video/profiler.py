@@ -188,9 +188,10 @@ def profile_model(
     Recognition models see a clip and its label; retrieval models a clip and a caption of
     ``text_length`` tokens, and their FLOPs are those of encoding one clip.
     """
+    from .engine.distributed import resolve_device
     from .models import create_model, get_preset
 
-    dev = torch.device(device)
+    dev = torch.device("meta") if str(device) == "meta" else resolve_device(str(device))
     task = get_preset(name).task
     if "num_classes" in {f.name for f in dataclasses.fields(get_preset(name).config)}:
         overrides["num_classes"] = num_classes

@@ -3,7 +3,8 @@
 The architecture is read off the weights (width, depth, MLP width, patch and image size,
 output width, which optional biases and norms exist), so one call loads any of:
 
-* OpenAI CLIP: a TorchScript archive (``torch.jit.save``) or a plain state dict with
+* OpenAI CLIP: a TorchScript archive (``torch.jit.save``; its tensors are read as data, its code is
+  never run) or a plain state dict with
   ``visual.conv1.weight`` ...; open_clip checkpoints use the same names, possibly wrapped in
   ``{"state_dict": ...}`` and prefixed ``module.``. A bare ``VisionTransformer.state_dict()``
   (no ``visual.`` prefix) loads too;
@@ -23,8 +24,6 @@ import json
 import math
 import os
 import re
-import warnings
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
+from ..safe_load import is_torchscript, read_torchscript_state_dict
 from .text import TextConfig, TextTransformer, infer_text_config, text_state_dict
 from .vit import VisionConfig, VisionTransformer, resize_pos_embed
 
@@ -124,21 +124,12 @@ def _first_line(err: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(name.endswith("/constants.pkl") for name in zf.namelist())
-
-
 def _read_file(path: Path) -> Any:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        if _is_torchscript(path):  # OpenAI's released CLIP archives
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit says it is deprecated
-                return torch.jit.load(str(path), map_location="cpu").state_dict()
+        if is_torchscript(path):  # OpenAI's released CLIP archives: their tensors, never their code
+            return read_torchscript_state_dict(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch / safetensors raise many types for a bad file; name the file instead
         reason = _first_line(err)

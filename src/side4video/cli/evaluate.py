@@ -73,10 +73,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import load_model
     from ..engine.distributed import resolve_device
     from ..engine.predict import predict_videos
+    from ..engine.recognition import RECOGNITION
+    from ..models import get_preset
 
     model, cfg = load_model(args.checkpoint, resolve_device(args.device), with_config=True)
+    task = get_preset(cfg.model.name).task
+    if task is not RECOGNITION:
+        raise ValueError(f"{args.checkpoint}: {cfg.model.name} is a {task.name} model; predict classifies "
+                         "videos (use search or embed)")
     labels = args.labels or cfg.data.label_names
-    names = read_label_names(labels) if labels else None
+    names = read_label_names(labels, cfg.model.num_classes) if labels else None
     results = predict_videos(model, cfg, args.videos, topk=args.topk, views=args.views, label_names=names)
     failed = 0
     for r in results:

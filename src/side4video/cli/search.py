@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -34,17 +33,18 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", metavar="QUERY")
     p.add_argument("--videos", required=True, help="folder searched recursively for video files")
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt)")
+    p.add_argument("--cache", help="embedding cache file (default: VIDEOS/.side4video_embeddings.pt, or the user "
+                   "cache directory when VIDEOS is not writable)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     _add_retrieval_model_flags(p)
 
 
 def run_search(args: argparse.Namespace) -> int:
     from ..engine.distributed import resolve_device
-    from ..search import CACHE_NAME, load_retrieval_model, search
+    from ..search import default_cache_path, load_retrieval_model, search
 
     model, cfg, tokenizer = load_retrieval_model(args.checkpoint, resolve_device(args.device), args.tokenizer)
-    index = _video_index(args, model, cfg, args.cache or os.path.join(args.videos, CACHE_NAME))
+    index = _video_index(args, model, cfg, args.cache or default_cache_path(args.videos))
     for query in args.queries:
         hits = search(model, tokenizer, index, query, args.topk)
         if args.json:

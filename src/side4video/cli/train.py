@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         shown = "" if default is dataclasses.MISSING else f" (default: {default})"
         p.add_argument(f"--{flag_dest(path).replace('_', '-')}", dest=flag_dest(path),
                        help=f"config key {path}{shown}", **arg_type(types[path]))
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="config key run.overwrite: replace the run already in output-dir (else refused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, flat or dotted: lr=3e-4, optim.lr=3e-4, model_overrides.dropout=0.3")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.config import resolve_config, to_dict
     from ..engine.train import train
 
-    cfg = resolve_config(args.config, {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}, args.set)
+    flags = {path: getattr(args, flag_dest(path)) for path in FLAG_KEYS}
+    cfg = resolve_config(args.config, {**flags, "run.overwrite": args.overwrite}, args.set)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

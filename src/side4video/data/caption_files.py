@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import os
-import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+
+from ..safe_load import UnsafePickleError, load_plain_pickle
 
 Split = Literal["train", "val", "test"]
 
@@ -149,15 +150,17 @@ def read_msvd(
     ext: str = ".avi",
 ) -> CaptionedSplit:
     """MSVD: ids of ``{split}_list.txt`` with every caption of the pickle ``captions_file`` (a dict
-    video id -> list of captions, each a string or a list of tokens). The pickle is trusted input."""
+    video id -> list of captions, each a string or a list of tokens), read as plain data only: a pickle
+    naming anything else (code) is refused."""
     anno_dir = os.fspath(anno_dir)
     ids = read_id_list(os.path.join(anno_dir, f"{split}_list.txt"))
     path = os.path.join(anno_dir, captions_file)
     try:
-        with open(path, "rb") as f:
-            raw = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise CaptionFormatError(f"{path}: cannot read the captions pickle: {e}") from e
+        raw = load_plain_pickle(path)
+    except OSError as e:
+        raise CaptionFormatError(f"{path}: cannot read the captions pickle: {e.strerror or e}") from None
+    except UnsafePickleError as e:
+        raise CaptionFormatError(str(e)) from None
     if not isinstance(raw, dict):
         raise CaptionFormatError(f"{path}: expected a dict video id -> captions, got {type(raw).__name__}")
     listed = set(ids)

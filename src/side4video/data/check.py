@@ -115,15 +115,17 @@ def check_data(
     *,
     decode: bool = True,
     list_kind: ListKind = "auto",
+    num_classes: int | None = None,
     progress: bool = False,
 ) -> DataReport:
     """Read every entry of ``list_file``; a video with fewer than ``num_frames`` frames is too short.
 
     ``decode`` decodes every frame (slow, thorough) and checks the decode against the frame index; without
     it, video files are only indexed from their packets, and frame folders only checked for their files.
+    With ``num_classes``, a label outside ``[0, num_classes)`` is a malformed line.
     """
     list_file, data_root = os.fspath(list_file), os.fspath(data_root) if data_root else ""
-    records, errors = parse_annotation_list(list_file, list_kind)
+    records, errors = parse_annotation_list(list_file, list_kind, num_classes)
     report = DataReport(list_file, data_root, num_frames, num_entries=len(records))
     report.problems.extend(Problem("malformed", e.line, list_file, e.reason) for e in errors)
     for record in tqdm(records, desc=f"checking {os.path.basename(list_file)}", disable=not progress):

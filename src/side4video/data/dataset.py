@@ -110,11 +110,16 @@ class VideoClipDataset(PolicyDataset):
     """Clips of the videos (files or frame folders) of an mmaction2-style annotation list.
 
     ``__getitem__(i)`` returns ``{"video": float32 (R, 3, T, H, W), "label": int, "view_labels": int64 (R,),
-    "index": int, "path": str}`` (plus ``"bad": list[BadSample]`` under the resample policy), or a
-    ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"`` are the
-    per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
+    "index": int, "view_start": int, "path": str}`` (plus ``"bad": list[BadSample]`` under the resample
+    policy), or a ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"``
+    are the per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
+    With ``num_classes``, a label outside ``[0, num_classes)`` is an error naming the list's file and line.
     ``decode_short_side``: video files are decoded already resized so that their short side is this (frame
     folders are read at full size).
+
+    At test time ``view_chunk`` splits each video's ``num_clips x num_crops`` views into items of at most
+    ``view_chunk`` views (``"index"`` the video's entry, ``"view_start"`` its first view): only the frames
+    of those views are decoded, so memory is bounded by ``view_chunk`` however many views are asked for.
     """
 
     def __init__(
@@ -139,16 +144,18 @@ class VideoClipDataset(PolicyDataset):
         min_frames: int = 1,
         max_resample: int = 10,
         list_kind: ListKind = "auto",
+        num_classes: int | None = None,
+        view_chunk: int | None = None,
     ):
         super().__init__(seed=seed, bad_sample_policy=bad_sample_policy, max_resample=max_resample)
         if sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
-        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames) < 1:
-            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames"
+        if min(num_frames, repeated_aug, num_clips, num_crops, min_frames, view_chunk or 1) < 1:
+            names = "num_frames, repeated_aug, num_clips, num_crops, min_frames, view_chunk"
             raise ValueError(f"{names} must all be positive")
         self.list_file = os.fspath(list_file)
         self.data_root = os.fspath(data_root) if data_root else ""
-        self.records: list[VideoRecord] = read_annotation_list(self.list_file, list_kind)
+        self.records: list[VideoRecord] = read_annotation_list(self.list_file, list_kind, num_classes)
         self.num_frames = num_frames
         self.train = train
         self.image_size = image_size
@@ -162,13 +169,19 @@ class VideoClipDataset(PolicyDataset):
         self.frames_template = frames_template
         self.decode_short_side = check_decode_short_side(decode_short_side, image_size)
         self.min_frames = min_frames
+        self.view_chunk = None if train or view_chunk is None else min(view_chunk, num_clips * num_crops)
 
     @property
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
 
+    @property
+    def chunks_per_video(self) -> int:
+        """Items per video: 1, or (test, ``view_chunk``) its views' chunks."""
+        return 1 if self.view_chunk is None else -(-self.num_clips * self.num_crops // self.view_chunk)
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.chunks_per_video
 
     def path(self, index: int) -> str:
         return os.path.join(self.data_root, self.records[index].path)
@@ -197,11 +210,19 @@ class VideoClipDataset(PolicyDataset):
         k_of = self.num_clips
         return [sample_indices(*args, clip_index=k, num_clips=k_of, **kw) for k in range(k_of)]
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample of entry ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
+    def load(self, item: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Item ``item`` (an entry, or one view chunk of it), drawing its randomness from ``rng``; raises
+        ``VideoReadError``."""
+        index, chunk = divmod(item, self.chunks_per_video)
         record, path = self.records[index], self.path(index)
         n, read = self._source(record, path)
         clips = self.clip_indices(n, rng)
+        first_view, first_clip = 0, 0
+        if self.view_chunk is not None:  # views [first_view, stop) come from clips [first_clip, last_clip]
+            first_view = chunk * self.view_chunk
+            stop = min(first_view + self.view_chunk, self.num_clips * self.num_crops)
+            first_clip, last_clip = first_view // self.num_crops, (stop - 1) // self.num_crops
+            clips = clips[first_clip : last_clip + 1]
         frames = read(np.concatenate(clips))  # one decoding pass for all clips
         frames = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         if self.train:
@@ -211,12 +232,16 @@ class VideoClipDataset(PolicyDataset):
             crop = dict(num_crops=self.num_crops, short_side=self.test_short_side, mean=self.augment.mean,
                         std=self.augment.std)
             views = [v for f in frames for v in eval_views(f, self.image_size, **crop)]
+            if self.view_chunk is not None:
+                offset = first_view - first_clip * self.num_crops
+                views = views[offset : offset + self.view_chunk]
             view_labels = [record.label] * len(views)
         return {
             "video": torch.stack(views),  # (R, 3, T, H, W)
             "label": record.label,
             "view_labels": torch.tensor(view_labels, dtype=torch.long),  # (R,)
             "index": index,
+            "view_start": first_view,
             "path": path,
         }
 
@@ -249,6 +274,7 @@ def collate_samples(batch: list[dict[str, Any] | BadSample], empty: dict[str, An
 
 def collate_clips(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
     """``collate_samples`` for ``VideoClipDataset``: ``{"video": (B, R, 3, T, H, W) or None when no sample is
-    good, "label": (B,), "view_labels": (B, R), "index": (B,), "path": list[str], "bad": list[BadSample]}``."""
+    good, "label": (B,), "view_labels": (B, R), "index": (B,), "view_start": (B,), "path": list[str], "bad":
+    list[BadSample]}``."""
     empty = torch.empty(0, dtype=torch.long)
-    return collate_samples(batch, {"label": empty, "view_labels": empty.view(0, 0)})
+    return collate_samples(batch, {"label": empty, "view_labels": empty.view(0, 0), "view_start": empty})

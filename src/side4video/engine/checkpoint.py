@@ -16,7 +16,12 @@ Layout (every key is always present)::
       "best_metric":  best value so far of the task's validation metric (top-1 or t2v R@1), or None,
       "rng":          {"python", "numpy", "torch", "cuda"} generator states at the epoch boundary,
       "train_config": the resolved TrainConfig as a plain (grouped) dict,
+      "metrics":      the run's metrics.json at this epoch (absent from older checkpoints),
     }
+
+Checkpoints are written only from finite weights, atomically (``side4video.atomic``), in the run folder's
+commit order (``run_folder.py``), and read as weights only: a truncated, foreign or code-carrying file is
+a ``ValueError`` naming it.
 
 Export directory (``write_export``; ``export.py`` writes merged ZeroI2V models)::
 
@@ -29,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -50,29 +54,6 @@ CHECKPOINT_KEYS = (
 MODEL_KEYS = ("model_name", "model_config", "model")  # what a model (not a run) needs
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``.
-
-    A crash at any point leaves the previous file at ``path`` untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -127,6 +108,7 @@ def make_checkpoint(
     step: int,
     best_metric: float | None,
     cfg: TrainConfig,
+    metrics: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "model_name": model_name,
@@ -140,13 +122,21 @@ def make_checkpoint(
         "best_metric": best_metric,
         "rng": rng_state(),
         "train_config": to_dict(cfg),
+        "metrics": metrics,
     }
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
-    """A checkpoint written by ``make_checkpoint``; checks that every key of ``keys`` is present."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint written by ``make_checkpoint``, read as weights only; checks that every key of ``keys`` is
+    present. Raises ``ValueError`` naming ``path`` for a truncated, foreign or code-carrying file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; name the file instead
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {reason[:200]})") from None
     missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else list(keys)
     if missing:
         raise ValueError(f"{path}: not a side4video checkpoint (missing keys {missing})")
@@ -165,10 +155,19 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return Path(resume)
 
 
+def run_setting(ckpt: dict[str, Any], group: str, key: str) -> Any:
+    """A value of the run's saved ``train_config``, grouped (``{"model": {"image_size": ...}}``) or from an
+    older, flat layout (``{"image_size": ...}``); None when absent."""
+    train_config = ckpt.get("train_config") or {}
+    section = train_config.get(group)
+    if isinstance(section, dict) and key in section:
+        return section[key]
+    return train_config.get(key)
+
+
 def image_size_of(ckpt: dict[str, Any], backbone: str) -> int | None:
     """The run's input resolution: its ``train_config``, else the saved positional embedding ``(1 + g*g, D)``."""
-    train_config = ckpt.get("train_config") or {}
-    size = (train_config.get("model") or {}).get("image_size") or train_config.get("image_size")
+    size = run_setting(ckpt, "model", "image_size")
     if size is not None:
         return int(size)
     pos = ckpt["model"].get("backbone.positional_embedding")
@@ -195,8 +194,7 @@ def model_from_checkpoint(
         absent = build_model(name, cfg, image_size=image_size).state_dict().keys() - state.keys()
     if not absent:
         return materialise(name, cfg, state, image_size)
-    train_config = ckpt.get("train_config") or {}
-    pretrained = pretrained or (train_config.get("model") or {}).get("pretrained") or train_config.get("pretrained")
+    pretrained = pretrained or run_setting(ckpt, "model", "pretrained")
     if pretrained is None:
         raise ValueError(f"{source}: the checkpoint lacks {len(absent)} weights (e.g. {sorted(absent)[:3]}) "
                          "and no pretrained backbone file was given to supply the frozen ones")

@@ -15,13 +15,14 @@ dataclasses. An unknown key, at any level, is an error that lists the valid ones
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from ..backbones.vit import BACKBONES
 from ..models import get_preset
 from ..typed_config import ConfigError, apply, coerce, field_types, parse_set, resolve_dict_keys, to_dict
 
@@ -99,6 +100,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     resume: str | None = None  # "auto": output_dir/last.pt if present; or a checkpoint path
+    overwrite: bool = False  # replace the run already in output_dir (else training into it is refused)
     save_frozen: bool = True  # False: checkpoints hold trainable params and buffers only
     log_every: int = 20  # optimiser steps between log lines
     tensorboard: bool = True
@@ -151,6 +153,25 @@ def _check_nested(cfg: TrainConfig, source: str) -> TrainConfig:
     return dataclasses.replace(cfg, **checked)
 
 
+# (key, check, rule as the error states it) of the numeric settings with a meaningful range; None passes
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("optim.warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("optim.lr_clip", lambda v: v >= 0, ">= 0"),
+    ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    ("optim.eps", lambda v: v > 0, "> 0"),
+    ("optim.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.mixup_alpha", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("optim.clip_grad", lambda v: v > 0, "> 0 (or null: off)"),
+    ("run.seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("eval.test_short_side", lambda v: v >= 1, ">= 1"),
+    ("eval.eval_batch_size", lambda v: v >= 1, ">= 1"),
+)
+
+
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Cross-field checks and typing of the nested dicts (needs the model preset to exist)."""
     try:
@@ -167,14 +188,30 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         for key in keys:
             if getattr(getattr(cfg, group), key) < 1:
                 raise ConfigError(f"{source}: {group}.{key} must be >= 1, got {getattr(getattr(cfg, group), key)}")
-    if cfg.optim.warmup_epochs < 0:
-        raise ConfigError(f"{source}: optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
+    for path, ok, rule in RANGES:
+        group, key = path.split(".")
+        value = getattr(getattr(cfg, group), key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{source}: {path} must be {rule}, got {value}")
+    patch = BACKBONES[get_preset(cfg.model.name).config.backbone].patch_size
+    if cfg.model.image_size % patch:
+        raise ConfigError(f"{source}: model.image_size must be a multiple of {cfg.model.name}'s patch size "
+                          f"{patch}, got {cfg.model.image_size}")
     return _check_nested(cfg, source)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    """The mapping of a YAML file (``safe_load``: plain data only, no Python tags)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data

@@ -34,7 +34,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         return torch.device(name if ":" in name else f"cuda:{local_rank}")
     return torch.device(name)
 

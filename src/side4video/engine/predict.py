@@ -30,8 +30,7 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
         list_file, "", num_frames=cfg.model.frames, train=False, image_size=cfg.model.image_size,
         sampling=d.sampling, frame_interval=d.frame_interval, num_clips=e.test_clips, num_crops=e.test_crops,
         test_short_side=e.test_short_side, decode_short_side=d.decode_short_side,
-        augment=AugmentConfig(**d.augment), bad_sample_policy="skip",
-        list_kind="video",
+        augment=AugmentConfig(**d.augment), bad_sample_policy="skip", list_kind="video", view_chunk=e.eval_chunk,
     )
 
 
@@ -45,7 +44,8 @@ def predict_videos(
     label_names: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One result per video, in order: ``{"path", "top": [{"label", "prob"[, "name"]}, ...]}`` with the
-    ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``."""
+    ``topk`` classes by probability averaged over the (crops x clips) views, or ``{"path", "error"}``.
+    The views are decoded ``eval_chunk`` at a time; non-finite outputs raise ``NonFiniteError``."""
     if views is not None:
         cfg = replace(cfg, "--views", test_crops=views[0], test_clips=views[1])
     device = next(model.parameters()).device
@@ -53,13 +53,21 @@ def predict_videos(
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = clip_dataset(cfg, videos, tmp)
+        chunks = dataset.chunks_per_video
         for i, video in enumerate(videos):
-            item = dataset[i]
-            if isinstance(item, BadSample):
-                results.append({"path": str(video), "error": item.reason})
+            probs, views, error = 0.0, 0, None
+            for c in range(chunks):  # the video's views, one decoded chunk at a time
+                item = dataset[i * chunks + c]
+                if isinstance(item, BadSample):
+                    error = item.reason
+                    break
+                with autocast_context(device, cfg.optim.amp, getattr(torch, cfg.optim.amp_dtype)):
+                    p = predict_views(model, item["video"][None].to(device), cfg.eval.eval_chunk)[0]  # (C,)
+                probs, views = probs + p * item["video"].shape[0], views + item["video"].shape[0]
+            if error is not None:
+                results.append({"path": str(video), "error": error})
                 continue
-            with autocast_context(device, cfg.optim.amp, getattr(torch, cfg.optim.amp_dtype)):
-                probs = predict_views(model, item["video"][None].to(device), cfg.eval.eval_chunk)[0]  # (C,)
+            probs = probs / views  # (C,) mean over every view
             top = probs.topk(min(topk, probs.numel()))
             results.append({"path": str(video), "top": [
                 {"label": int(k), "prob": float(p), **({"name": label_names[k]} if label_names else {})}

@@ -1,10 +1,11 @@
 """Action recognition: cross-entropy (label smoothing, optional mixup) and multi-view top-k evaluation.
 
-A test batch holds every view of each video, ``(B, V, 3, T, H, W)`` with ``V = crops x clips``. The
-``B * V`` clips go through the model in chunks of ``chunk`` clips, so memory is bounded whatever V is.
-Views are averaged as softmax probabilities. Under ``torchrun`` every rank evaluates its shard; the
-per-sample probabilities are gathered with the dataset index of each sample and de-duplicated, so the
-padding a ``DistributedSampler`` adds is never counted twice.
+A test item holds at most ``eval_chunk`` of a video's ``crops x clips`` views (``VideoClipDataset`` with
+``view_chunk``: only those views' frames are decoded), a batch ``(B, V, 3, T, H, W)``; the clips go
+through the model ``eval_chunk`` at a time, so memory is bounded however many views are asked for. Views
+are averaged as softmax probabilities: summed per (video, first view of the chunk) and averaged per video
+once every rank's results are gathered; pairs seen twice (the padding a ``DistributedSampler`` adds) are
+counted once. A non-finite model output is an error (``NonFiniteError``), never a prediction.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..methods.common import autocast_context
 from ..metrics import classification_metrics, confusion_matrix
 from .distributed import DistInfo, all_gather_objects, sharded_loader
-from .tasks import Task
+from .tasks import NonFiniteError, NoReadableVideoError, Task
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -40,11 +41,14 @@ class Predictions:
 
 @torch.no_grad()
 def predict_views(model: nn.Module, video: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Softmax probabilities averaged over the views: ``(B, V, 3, T, H, W) -> (B, C)``."""
+    """Softmax probabilities averaged over the views: ``(B, V, 3, T, H, W) -> (B, C)``; raises
+    ``NonFiniteError`` if the model's outputs are not finite."""
     b, v = video.shape[:2]
     clips = video.flatten(0, 1)  # (B*V, 3, T, H, W)
-    probs = torch.cat([model(c).float().softmax(dim=-1) for c in clips.split(chunk)])  # (B*V, C)
-    return probs.view(b, v, -1).mean(dim=1)  # (B, C)
+    logits = torch.cat([model(c).float() for c in clips.split(chunk)])  # (B*V, C)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("non-finite model outputs (NaN or inf): its weights have diverged")
+    return logits.softmax(dim=-1).view(b, v, -1).mean(dim=1)  # (B, C)
 
 
 @torch.no_grad()
@@ -53,7 +57,7 @@ def gather_predictions(
 ) -> Predictions:
     """Run ``model`` on every batch of ``loader`` (this rank's shard) and gather all ranks' results."""
     model.eval()
-    index, probs, labels, bad = [], [], [], []
+    index, start, sums, counts, labels, bad = [], [], [], [], [], []
     batches = loader
     if progress and info.is_main:
         from tqdm import tqdm
@@ -67,23 +71,26 @@ def gather_predictions(
         with autocast_context(info.device, cfg.optim.amp, getattr(torch, cfg.optim.amp_dtype)):
             p = predict_views(model, video, cfg.eval.eval_chunk)  # (B, C)
         index.append(batch["index"].numpy())
-        probs.append(p.cpu().numpy())
+        start.append(batch.get("view_start", torch.zeros_like(batch["index"])).numpy())
+        sums.append(p.cpu().double().numpy() * video.shape[1])  # summed over this item's views
+        counts.append(np.full(len(p), video.shape[1]))
         labels.append(batch["label"].numpy())
-    local = (
-        np.concatenate(index) if index else np.zeros(0, np.int64),
-        np.concatenate(probs) if probs else None,
-        np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        bad,
-    )
-    shards = all_gather_objects(local, info)
-    all_probs = [s[1] for s in shards if s[1] is not None]
-    if not all_probs:
-        raise ValueError("no video of the validation set could be read")
-    all_index = np.concatenate([s[0] for s in shards])
-    all_labels = np.concatenate([s[2] for s in shards])
-    _, first = np.unique(all_index, return_index=True)  # sorted unique indices, first occurrence of each
-    return Predictions(all_index[first], np.concatenate(all_probs)[first], all_labels[first],
-                       [b for s in shards for b in s[3]])
+    local = [np.concatenate(x) if x else None for x in (index, start, sums, counts, labels)]
+    shards = all_gather_objects((local, bad), info)
+    all_bad = list({(b.path, b.reason): b for s in shards for b in s[1]}.values())  # a video's chunks: once
+    parts = [s[0] for s in shards if s[0][0] is not None]
+    if not parts:
+        raise NoReadableVideoError(all_bad)
+    idx, first, psum, count, lab = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    _, once = np.unique(np.stack([idx, first], axis=1), axis=0, return_index=True)  # padding counted once
+    idx, psum, count, lab = idx[once], psum[once], count[once], lab[once]
+    videos, slot = np.unique(idx, return_inverse=True)  # sorted video indices
+    total = np.zeros((len(videos), psum.shape[1]))
+    np.add.at(total, slot, psum)
+    labels_of = np.zeros(len(videos), np.int64)
+    labels_of[slot] = lab
+    views = np.bincount(slot, weights=count, minlength=len(videos))  # (N,) views per video
+    return Predictions(videos, (total / views[:, None]).astype(np.float32), labels_of, all_bad)
 
 
 def mixup(video: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -116,11 +123,12 @@ class RecognitionTask(Task):
             frame_interval=d.frame_interval, bad_sample_policy=d.bad_sample_policy,
             frames_template=d.frames_template, decode_short_side=d.decode_short_side, seed=cfg.run.seed,
             augment=AugmentConfig(**d.augment),
+            num_classes=cfg.model.num_classes,  # a label out of range: an error naming file and line
         )  # the augment config also holds the normalisation used at test time
         if train:
             return VideoClipDataset(list_file, d.data_root, repeated_aug=d.repeated_aug, **common)
         return VideoClipDataset(list_file, d.data_root, num_clips=e.test_clips, num_crops=e.test_crops,
-                                test_short_side=e.test_short_side, **common)
+                                test_short_side=e.test_short_side, view_chunk=e.eval_chunk, **common)
 
     def make_loader(self, dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
         from ..data import collate_clips
@@ -182,7 +190,8 @@ def save_confusion(preds: Predictions, path: str | Path, label_names_file: str |
     from ..plots import save_confusion_matrix
 
     cm = confusion_matrix(preds.probs, preds.labels, num_classes=preds.probs.shape[1]).numpy()
-    save_confusion_matrix(cm, path, read_label_names(label_names_file) if label_names_file else None)
+    names = read_label_names(label_names_file, preds.probs.shape[1]) if label_names_file else None
+    save_confusion_matrix(cm, path, names)
 
 
 RECOGNITION = RecognitionTask()

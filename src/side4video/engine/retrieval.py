@@ -22,7 +22,7 @@ from ..methods.common import autocast_context
 from ..metrics import retrieval_metrics
 from ..typed_config import ConfigError
 from .distributed import DistInfo, all_gather_objects, sharded_loader
-from .tasks import Task
+from .tasks import NonFiniteError, NoReadableVideoError, Task
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -201,7 +201,7 @@ class RetrievalTask(Task):
         shards = all_gather_objects((index, emb, bad), info)
         all_index = np.concatenate([i for s in shards for i in s[0]] or [np.zeros(0, np.int64)])
         if all_index.size == 0:
-            raise ValueError("no video of the validation set could be read")
+            raise NoReadableVideoError([b for s in shards for b in s[2]])
         all_emb = torch.cat([e for s in shards for e in s[1]])  # (sum B, T, E) or (sum B, E)
         video_index, first = np.unique(all_index, return_index=True)  # drops the sampler's padding repeats
         video_emb = all_emb[torch.from_numpy(first)].to(device)  # (Nv, ...), in dataset order
@@ -220,6 +220,8 @@ class RetrievalTask(Task):
         sim = torch.empty(len(captions), len(video_index))
         for r, s in rows:
             sim[r] = s
+        if not torch.isfinite(sim).all():
+            raise NonFiniteError("non-finite similarities (NaN or inf): the model's weights have diverged")
         keep, target = captions.eval_targets(torch.from_numpy(video_index))
         results = RetrievalResults(video_index, np.flatnonzero(keep.numpy()), sim[keep], target,
                                    [b for s in shards for b in s[2]])

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 
+class NonFiniteError(RuntimeError):
+    """A model's weights or outputs (or the loss) are NaN or infinite: the model has diverged."""
+
+
+class NoReadableVideoError(ValueError):
+    """Evaluation found no readable video; ``bad`` holds the ``BadSample`` reports."""
+
+    def __init__(self, bad: list) -> None:
+        shown = ", ".join(b.path for b in bad[:3]) + (f", ... ({len(bad)} in all)" if len(bad) > 3 else "")
+        super().__init__(f"no video of the validation set could be read; unreadable: {shown or 'none listed'}")
+        self.bad = bad
+
+
 class Task:
     """Shared parts of the tasks; ``name`` and ``metric`` (higher is better, picks ``best.pt``)."""
 

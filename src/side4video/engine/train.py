@@ -13,6 +13,11 @@ Files in ``output_dir`` (rank 0): ``config.yaml`` (resolved config), ``last.pt``
 (see ``checkpoint.py`` for the layout), ``metrics.json`` (latest evaluation), ``log.jsonl`` (one JSON
 record per log step and per epoch), ``tb/`` (TensorBoard), ``bad_samples.txt`` (unreadable videos),
 and whatever the task writes after an evaluation (``confusion.png`` if ``eval.confusion_matrix``).
+``run_folder.py`` owns the folder: it refuses to train into another run, commits each epoch in order
+(``best.pt``, ``metrics.json``, then ``last.pt``) and reconciles what a kill left when resuming.
+
+Divergence never reaches a checkpoint: the weights are checked after every optimiser step and the model's
+outputs in evaluation; a non-finite loss, weight or output stops the run, keeping the last good epoch.
 
 Reading order: ``train`` -> ``build_run`` (data, model, optimiser, resume) -> per epoch ``train_one_epoch``
 then ``end_of_epoch`` (evaluate, log, checkpoint).
@@ -39,21 +44,21 @@ from tqdm import tqdm
 
 from ..methods.common import autocast_context
 from ..models import create_model, get_preset, make_config
+from . import run_folder
 from .checkpoint import (
-    atomic_save,
     load_checkpoint,
     load_model_state,
     make_checkpoint,
     resolve_resume,
     set_rng_state,
 )
-from .config import TrainConfig, save_yaml
+from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
 from .distributed import DistInfo, all_gather_objects, all_reduce, distributed_context
 from .optim import build_optimizer, build_scheduler
-from .tasks import Task
+from .tasks import NonFiniteError, Task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
@@ -129,13 +134,38 @@ def all_ranks_have_clips(batch: dict[str, Any], info: DistInfo) -> bool:
     return all_reduce(count, info, dist.ReduceOp.MIN).item() > 0
 
 
+def _kept(out: Path) -> str:
+    last = out / run_folder.LAST
+    return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
+
+
 def check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, batch_idx: int, out: Path) -> None:
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=info.device)
     if all_reduce(bad, info).item() > 0:
         raise NonFiniteLossError(
             f"non-finite loss ({loss.item()}) at epoch {epoch}, optimiser step {step}, batch {batch_idx}; "
-            f"stopping. The last good checkpoint is kept: {out / 'last.pt'}"
+            f"stopping; {_kept(out)}"
         )
+
+
+def weights_finite(params: list[torch.Tensor]) -> bool:
+    """Whether every tensor's L2 norm is finite: no NaN or inf, and no weights so large that their squares
+    overflow (they have diverged as surely). One fused ``_foreach_norm`` and one sync."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all())
+
+
+def resume_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any], step: int) -> None:
+    """Load the optimiser's moments from ``state`` but keep this run's hyper-parameters (lr, weight decay,
+    betas, ...), and put the freshly built schedule at ``step``: a resumed run follows the schedule of its
+    own, possibly changed, settings (identical to the saved one when nothing changed)."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, hyper, strict=True):
+        group.update(own)
+    scheduler.last_epoch = step
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
@@ -218,8 +248,17 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
         val_set = task.build_dataset(cfg, model_cfg, train=False)
     train_loader = task.make_loader(train_set, cfg, info, train=True)
     val_loader = task.make_loader(val_set, cfg, info, train=False) if val_set is not None else None
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    resume_from = resolve_resume(cfg.run.resume, out)
+    ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
+    if ckpt is not None:
+        saved = to_dict(from_dict(ckpt["train_config"], f"{resume_from}: train_config"))
+        refused = run_folder.refused_changes(saved, to_dict(cfg))
+        if refused:
+            raise ConfigError(f"{resume_from}: cannot resume with changed settings: {', '.join(refused)}; "
+                              "train into a new --output-dir (or --overwrite) to change them")
+    if info.is_main:  # a run already in the folder is continued, replaced on request, or refused
+        run_folder.prepare(out, resuming=ckpt is not None, overwrite=cfg.run.overwrite,
+                           resume_auto=cfg.run.resume == "auto")
         save_yaml(cfg, out / "config.yaml")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
@@ -247,20 +286,17 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
               f"{steps_per_epoch} steps/epoch x {o.epochs} epochs on {info.world_size} x {device}")
 
     # ---- resume -----------------------------------------------------------------------------------
-    resume_from = resolve_resume(cfg.run.resume, out)
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
+    if ckpt is not None:
         load_model_state(model, ckpt["model"], str(resume_from))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        resume_schedule(optimizer, scheduler, ckpt["optimizer"], ckpt["step"])  # this run's schedule
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         run.start_epoch, run.step, run.best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_metric"]
-        if (out / "metrics.json").is_file():
-            run.metrics = json.loads((out / "metrics.json").read_text())
         if info.is_main:
+            run.metrics, run.best = run_folder.reconcile(out, ckpt)  # whatever a kill left after last.pt
             print(f"resumed from {resume_from} at epoch {ckpt['epoch']}, step {run.step}")
+        run.metrics, run.best = all_gather_objects((run.metrics, run.best), info)[0]  # rank 0's
     return run
 
 
@@ -301,6 +337,9 @@ def train_one_epoch(run: Run, epoch: int, log: RunLog) -> tuple[float, float, li
             grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.clip_grad or math.inf)
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            if not weights_finite(run.params):  # identical on every rank: no reduction needed
+                raise NonFiniteError(f"the weights diverged (non-finite values or norm) at epoch {epoch}, "
+                                     f"optimiser step {run.step + 1}; stopping; {_kept(run.out)}")
             run.optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
             run.step, pending = run.step + 1, 0
@@ -320,30 +359,37 @@ def train_one_epoch(run: Run, epoch: int, log: RunLog) -> tuple[float, float, li
 
 
 def end_of_epoch(run: Run, epoch: int, train_loss: float, elapsed: float, bad: list, log: RunLog) -> None:
-    """Evaluate (every ``eval_every`` epochs and at the last), log, and write the checkpoints and metrics."""
+    """Evaluate (every ``eval_every`` epochs and at the last), log, and commit the epoch: ``best.pt``,
+    ``metrics.json``, then ``last.pt``. A failed evaluation still commits the epoch, then raises; a
+    non-finite model output (diverged weights) stops the run without writing anything."""
     cfg, info, task = run.cfg, run.info, run.task
     log.bad_samples([s for rank_bad in all_gather_objects(bad, info) for s in rank_bad])
     evaluated = run.val_loader is not None and (epoch % cfg.eval.eval_every == 0 or epoch == cfg.optim.epochs)
-    is_best = False
+    is_best, val, eval_error = False, None, None
+    run.metrics = {**run.metrics, "epoch": epoch, "train_loss": train_loss}  # keeps the last evaluation's
     if evaluated:
-        val, results = task.evaluate(run.model, run.val_loader, cfg, info)
-        log.bad_samples(results.bad)
-        is_best = run.best is None or val[task.metric] > run.best
-        run.best = val[task.metric] if is_best else run.best
-        run.metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": run.best}
-        if info.is_main:
-            task.save_results(results, cfg, run.out)
-    else:
-        run.metrics = {**run.metrics, "epoch": epoch, "train_loss": train_loss}
+        try:
+            val, results = task.evaluate(run.model, run.val_loader, cfg, info)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"epoch {epoch}: {e}; stopping; {_kept(run.out)}") from None
+        except (ValueError, OSError) as e:  # the epoch is still committed below, then the error reported
+            eval_error = e
+            log.bad_samples(getattr(e, "bad", []))
+        if val is not None:
+            log.bad_samples(results.bad)
+            is_best = run.best is None or val[task.metric] > run.best
+            run.best = val[task.metric] if is_best else run.best
+            run.metrics = {"epoch": epoch, "train_loss": train_loss, "val": val, f"best_{task.metric}": run.best}
+            if info.is_main:
+                task.save_results(results, cfg, run.out)
     log.record("epoch", run.step, {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": elapsed,
-                                   **({"val": run.metrics["val"]} if evaluated else {})})
-    if not info.is_main:
-        return
-    val_text = f", val {task.describe(run.metrics['val'])}" if evaluated else ""
-    print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
-    ckpt = make_checkpoint(run.model, cfg.model.name, run.optimizer, run.scheduler, run.scaler, epoch, run.step,
-                           run.best, cfg)
-    atomic_save(ckpt, run.out / "last.pt")
-    if is_best:
-        atomic_save(ckpt, run.out / "best.pt")
-    (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2) + "\n")
+                                   **({"val": val} if val is not None else {})})
+    if info.is_main:
+        val_text = f", val {task.describe(val)}" if val is not None else ""
+        print(f"epoch {epoch}: train loss {train_loss:.4f}{val_text} ({elapsed:.0f} s)")
+        ckpt = make_checkpoint(run.model, cfg.model.name, run.optimizer, run.scheduler, run.scaler, epoch,
+                               run.step, run.best, cfg, run.metrics)
+        run_folder.commit_epoch(run.out, ckpt, run.metrics, is_best)
+    if eval_error is not None:
+        raise ValueError(f"epoch {epoch} is saved in {run.out / run_folder.LAST}, but its evaluation failed: "
+                         f"{eval_error} (unreadable videos are listed in {run.out / 'bad_samples.txt'})")

@@ -1,0 +1,205 @@
+"""Reading pickled inputs as data, never as code.
+
+A pickle names callables (``GLOBAL module name``) that the standard unpickler imports and calls, so
+``pickle.load`` on a forged file runs whatever it names, and ``torch.jit.load`` also runs the archive's
+TorchScript. Every pickle a user passes, or a checkpoint names, goes through one of these readers instead:
+
+* :func:`load_plain_pickle`: captions files and the like. Admits only what needs no import: dicts,
+  lists, tuples, strings, bytes, numbers, booleans, None, and the harmless ``set``, ``frozenset``,
+  ``OrderedDict`` and ``codecs.encode`` (how protocols 0-2 store bytes). Any other global is refused, naming it.
+* :func:`read_torchscript_state_dict`: an archive written by ``torch.jit.save`` (OpenAI's CLIP files) is
+  a zip of a pickled module tree (``data.pkl``), raw tensor storages (``data/<key>``) and code. Only
+  ``data.pkl`` and the storages are read; the module classes become inert attribute holders and the
+  code is read as text only for each class's ``__parameters__`` / ``__buffers__`` lists, so the result
+  equals ``torch.jit.load(path).state_dict()`` without running anything from the file.
+
+Checkpoints and caches keep using ``torch.load(..., weights_only=True)``; YAML is read with ``safe_load``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+
+class UnsafePickleError(ValueError):
+    """A pickle that names something other than plain data, or a malformed TorchScript archive."""
+
+
+_PLAIN_GLOBALS = {
+    ("_codecs", "encode"): codecs.encode,  # how protocols 0-2 store bytes: encode(str, "latin1")
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # Python 2 pickles
+    ("__builtin__", "frozenset"): frozenset,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+        super().__init__(file, encoding="utf-8")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN_GLOBALS:
+            return _PLAIN_GLOBALS[(module, name)]
+        raise UnsafePickleError(f"{self.source}: refusing to load {module}.{name} from a pickle; only plain "
+                                "containers, strings and numbers are read")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.source}: refusing a persistent reference in a plain-data pickle")
+
+
+def load_plain_pickle(path: str | os.PathLike) -> Any:
+    """The object of a pickle file made only of plain data (see the module docstring); never runs code.
+
+    Raises :class:`UnsafePickleError` naming ``path`` and the refused global, ``OSError`` if unreadable."""
+    with open(path, "rb") as f:
+        try:
+            return _PlainUnpickler(f, os.fspath(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise UnsafePickleError(f"{os.fspath(path)}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+# ---- TorchScript archives ---------------------------------------------------------------------------
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+# one class of a TorchScript code file: its name, then its parameter and buffer name lists
+_CLASS_RE = re.compile(r"^class (\w+)\(Module\):\n  __parameters__ = \[([^\]]*)\]\n  __buffers__ = \[([^\]]*)\]",
+                       re.MULTILINE)
+
+
+class ScriptModuleData:
+    """An inert stand-in for a TorchScript module class: its attributes only (``state``)."""
+
+    qualname = ""
+    state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = dict(state) if isinstance(state, dict) else {}
+
+
+def _storage_dtype(module: str, name: str) -> torch.dtype | None:
+    return _STORAGE_DTYPES.get(name) if module == "torch" else None
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor_v2`` on a flat tensor standing for the storage (no hooks, no grad)."""
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript ``data.pkl``: module classes become :class:`ScriptModuleData`, tensors are read
+    from the archive's storages; any other callable is refused."""
+
+    def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str, source: str) -> None:
+        super().__init__(file)
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return type(name, (ScriptModuleData,), {"qualname": f"{module}.{name}"})
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if _storage_dtype(module, name) is not None:
+            return _storage_dtype(module, name)
+        raise UnsafePickleError(f"{self.source}: refusing to load {module}.{name} from a TorchScript archive; "
+                                "only modules and plain tensors are read")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise UnsafePickleError(f"{self.source}: unexpected persistent reference {pid!r:.80}")
+        _, dtype, key, _location, numel = pid
+        if key not in self.storages:
+            name = f"{self.prefix}data/{key}"
+            try:
+                raw = bytearray(self.archive.read(name))
+            except KeyError:
+                raise UnsafePickleError(f"{self.source}: archive lacks the tensor storage {name}") from None
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            if flat.numel() != numel:
+                raise UnsafePickleError(f"{self.source}: storage {name} holds {flat.numel()} values, "
+                                        f"expected {numel}")
+            self.storages[key] = flat
+        return self.storages[key]
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zip archive written by ``torch.jit.save``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith("/constants.pkl") for name in zf.namelist())
+
+
+def _module_members(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
+    """``{"__torch__.pkg.Class": {parameter and buffer names}}`` read as text from the archive's code files."""
+    members: dict[str, set[str]] = {}
+    code = f"{prefix}code/"
+    for name in archive.namelist():
+        if not (name.startswith(code) and name.endswith(".py")):
+            continue
+        module = name[len(code):-len(".py")].replace("/", ".")
+        for m in _CLASS_RE.finditer(archive.read(name).decode("utf-8", errors="replace")):
+            members[f"{module}.{m.group(1)}"] = set(re.findall(r'"(\w+)"', m.group(2) + m.group(3)))
+    return members
+
+
+def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``torch.jit.load(path).state_dict()`` (parameters and buffers, dotted names) read as data only.
+
+    Raises :class:`UnsafePickleError` naming ``path`` for an archive that is malformed or names anything
+    other than module classes and tensors."""
+    source = os.fspath(path)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        data = next((n for n in names if n.endswith("/data.pkl") and n.count("/") == 1), None)
+        if data is None:
+            raise UnsafePickleError(f"{source}: not a TorchScript archive (no data.pkl)")
+        prefix = data[: -len("data.pkl")]
+        order = archive.read(f"{prefix}byteorder").decode().strip() if f"{prefix}byteorder" in names else "little"
+        if order != "little":
+            raise UnsafePickleError(f"{source}: {order}-endian TorchScript archives are not supported")
+        members = _module_members(archive, prefix)
+        try:
+            root = _ArchiveUnpickler(io.BytesIO(archive.read(data)), archive, prefix, source).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+            raise UnsafePickleError(f"{source}: malformed TorchScript data.pkl ({type(e).__name__}: {e})") from None
+    if not isinstance(root, ScriptModuleData):
+        raise UnsafePickleError(f"{source}: the archive's root is a {type(root).__name__}, not a module")
+    state: dict[str, torch.Tensor] = {}
+    _collect(root, "", members, state)
+    return {k: v.clone() for k, v in state.items()}  # own memory, not views of the read buffers
+
+
+def _collect(module: ScriptModuleData, prefix: str, members: dict[str, set[str]], out: dict) -> None:
+    wanted = members.get(module.qualname)  # None: the code was not found, keep every tensor attribute
+    for name, value in module.state.items():
+        if isinstance(value, ScriptModuleData):
+            _collect(value, f"{prefix}{name}.", members, out)
+        elif isinstance(value, torch.Tensor) and (wanted is None or name in wanted):
+            out[f"{prefix}{name}"] = value
+
+
+__all__ = ["UnsafePickleError", "is_torchscript", "load_plain_pickle", "read_torchscript_state_dict"]
