@@ -12,6 +12,8 @@ import torch
 import yaml
 
 from fixtures import make_corrupt_video
+from helpers import official_case, official_harness
+from side4video import load_model
 from side4video.cli import main
 from side4video.data import make_motion_dataset
 
@@ -165,3 +167,35 @@ def test_zeroi2v_export_then_eval_and_predict_the_merged_model(motion, tmp_path,
         assert code == 0
         probs[name] = {c["label"]: c["prob"] for c in json.loads(stdout)["top"]}
     assert probs["merged"] == pytest.approx(probs["adapted"], abs=1e-5)
+
+
+def test_import_of_a_released_zeroi2v_checkpoint_then_eval_predict_and_export(motion, tmp_path, capsys):
+    """`import` writes an export directory that load_model, eval, predict and export (merge) accept."""
+    torch.set_num_threads(1)
+    name = "zeroi2v K400 B/16-style: shift_div, 4 adapters 8f"
+    checkpoint, _, case = official_case(name, tmp_path)
+    imported, merged = tmp_path / "imported", tmp_path / "merged"
+    code, stdout, _ = run(capsys, "import", str(checkpoint), "--out", str(imported))
+    assert code == 0
+    assert "zeroi2v" in stdout
+    with torch.no_grad():
+        logits = load_model(imported)(official_harness.clips(case["frames"], case["seed"]))
+    assert (logits - torch.tensor(case["logits"])).abs().max() <= 1e-4  # the authors' outputs, unchanged
+
+    code, stdout, _ = run(capsys, "export", str(imported), "--out", str(merged))
+    assert code == 0
+    assert json.loads((merged / "config.json").read_text())["merge_max_abs_diff"] <= 1e-5
+    data = ("--val-list", motion.val_list, "--data-root", motion.root, "--views", "1x1", "--device", "cpu",
+            "--num-workers", "0")
+    evals = [json.loads(run(capsys, "eval", "--checkpoint", str(d), "--json", *data)[1]) for d in (imported, merged)]
+    assert evals[0]["num_samples"] == evals[1]["num_samples"] > 0
+    assert evals[0]["top1"] == evals[1]["top1"]
+    video = f"{motion.root}/videos/left_0000.mp4"
+    code, stdout, _ = run(capsys, "predict", "--checkpoint", str(imported), video, "--json", "--device", "cpu")
+    assert code == 0
+    assert len(json.loads(stdout)["top"]) > 0
+
+    code, _, err = run(capsys, "import", str(checkpoint).replace(".pth", "_missing.pth"), "--out", str(merged))
+    assert code == 1
+    assert "no such file" in err
+    assert err.count("\n") == 1

@@ -264,7 +264,7 @@ def test_normalisation_and_three_crops():
     for view, top in zip(views, [0, 16, 32], strict=True):
         red = view[0] * std[0] + mean[0]
         torch.testing.assert_close(red[:, :, 0], (torch.arange(top, top + 32) * 3 / 255.0).expand(2, 32))
-    (centre,) = eval_views(clip, 16, short_side=16)  # resize 32x64 -> 16x32 then centre 16x16
+    (centre,) = eval_views(clip, 16, resize_to=16)  # resize 32x64 -> 16x32 then centre 16x16
     assert centre.shape == (3, 2, 16, 16)
 
 

@@ -9,22 +9,27 @@ import torch
 from side4video.metrics import confusion_matrix, mean_class_accuracy, retrieval_metrics, topk_accuracy
 
 
-def reference_retrieval(sim: list[list[float]], t2v: list[int]) -> dict[str, float]:
-    """Plain-loop ranks: ties count against the model, a video's v2t hit is any of its captions."""
+def summarize(prefix: str, ranks: list[int]) -> dict[str, float]:
+    out = {f"{prefix}_r{k}": 100.0 * sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
+    out[f"{prefix}_medr"] = float(statistics.median(ranks))
+    out[f"{prefix}_meanr"] = sum(ranks) / len(ranks)
+    return out
+
+
+def reference_retrieval(sim: list[list[float]], t2v: list[int], per_caption: bool = False) -> dict[str, float]:
+    """Plain-loop ranks, ties against the model. v2t: candidates are caption groups (one per captioned
+    video) scored by their best caption; v2c: the best caption of the video among all captions."""
     nt, nv = len(sim), len(sim[0])
     t2v_ranks = [sum(sim[i][j] >= sim[i][t2v[i]] for j in range(nv)) for i in range(nt)]
-    v2t_ranks = []
-    for v in range(nv):
-        captions = [i for i in range(nt) if t2v[i] == v]
-        if captions:
-            v2t_ranks.append(min(sum(sim[k][v] >= sim[c][v] for k in range(nt)) for c in captions))
-    out = {}
-    for prefix, ranks in (("t2v", t2v_ranks), ("v2t", v2t_ranks)):
-        for k in (1, 5, 10):
-            out[f"{prefix}_r{k}"] = 100.0 * sum(r <= k for r in ranks) / len(ranks)
-        out[f"{prefix}_medr"] = float(statistics.median(ranks))
-        out[f"{prefix}_meanr"] = sum(ranks) / len(ranks)
-    return out
+    groups = {v: [i for i in range(nt) if t2v[i] == v] for v in range(nv)}
+    groups = {v: caps for v, caps in groups.items() if caps}
+    v2t_ranks, v2c_ranks = [], []
+    for v, captions in groups.items():
+        own = max(sim[c][v] for c in captions)
+        v2t_ranks.append(sum(max(sim[c][v] for c in caps) >= own for caps in groups.values()))
+        v2c_ranks.append(min(sum(sim[k][v] >= sim[c][v] for k in range(nt)) for c in captions))
+    out = {**summarize("t2v", t2v_ranks), **summarize("v2t", v2t_ranks)}
+    return {**out, **summarize("v2c", v2c_ranks)} if per_caption else out
 
 
 def test_retrieval_matches_loops_with_ties_and_several_captions():
@@ -32,12 +37,40 @@ def test_retrieval_matches_loops_with_ties_and_several_captions():
     nv, per_video = 13, 3
     t2v = torch.arange(nv).repeat_interleave(per_video)[: nv * per_video - 2]  # the last video has 1 caption
     sim = torch.randint(0, 6, (len(t2v), nv + 2), generator=g).float()  # many ties; 2 distractor videos
-    got = retrieval_metrics(sim, t2v)
-    want = reference_retrieval(sim.tolist(), t2v.tolist())
+    got = retrieval_metrics(sim, t2v, per_caption=True)
+    want = reference_retrieval(sim.tolist(), t2v.tolist(), per_caption=True)
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert got[key] == pytest.approx(value), key
     assert not any(k.startswith("dsl_") for k in got)
+
+
+def test_video_to_text_ranks_caption_groups_not_captions():
+    # 3 videos x 3 captions. Video 0 scores all captions of video 1 above its own best one: as a
+    # group, video 1 is ahead and video 2 ties (rank 3); among captions, 4 are ahead or tied (rank 5).
+    t2v = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    sim = torch.zeros(9, 3)
+    sim[:, 0] = torch.tensor([0.5, 0.1, 0.1, 0.9, 0.8, 0.7, 0.2, 0.2, 0.5])  # a tie with video 2's best
+    sim[t2v == 1, 1] = torch.tensor([1.0, 0.9, 0.8])  # videos 1 and 2 rank their own best caption first
+    sim[t2v == 2, 2] = torch.tensor([1.0, 0.9, 0.8])
+    got = retrieval_metrics(sim, t2v, per_caption=True)
+    assert (got["v2t_r1"], got["v2t_meanr"]) == pytest.approx((200 / 3, (3 + 1 + 1) / 3))  # tie: rank 3
+    assert got["v2c_meanr"] == pytest.approx((5 + 1 + 1) / 3)  # 3 of video 1 + 1 tie of video 2 + itself
+    assert got["v2t_r1"] == got["v2c_r1"]
+    assert not any(k.startswith("v2c") for k in retrieval_metrics(sim, t2v))
+
+
+def test_group_and_caption_conventions_differ_on_many_captions():
+    g = torch.Generator().manual_seed(4)
+    nv, per_video = 40, 20
+    t2v = torch.arange(nv).repeat_interleave(per_video)
+    sim = torch.randn(nv * per_video, nv, generator=g, dtype=torch.float64)
+    sim[torch.arange(nv * per_video), t2v] += 1.0
+    got = retrieval_metrics(sim, t2v, per_caption=True)
+    want = reference_retrieval(sim.tolist(), t2v.tolist(), per_caption=True)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    assert got["v2t_meanr"] < got["v2c_meanr"]  # 20 captions per rival group vs 1
 
 
 def test_numpy_input_and_random_scores():

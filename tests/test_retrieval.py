@@ -68,8 +68,10 @@ def test_zero_init_up_projection_gives_clip_frame_embeddings():
         assert not torch.allclose(model.encode_video(video), want)
 
 
-def reference_matching(text, mask, frames, w_text, w_frame):
-    """DRL-style token-wise similarity by loops over texts, videos, tokens and frames."""
+def reference_matching(text, mask, frames, w_text, w_frame, pads_score_zero=True):
+    """DRL-style token-wise similarity by loops over texts, videos, tokens and frames. With
+    ``pads_score_zero`` (the authors' code: similarities times the text mask) a padded position scores 0
+    and takes part in each frame's max over tokens; otherwise it is left out."""
     out = torch.zeros(text.shape[0], frames.shape[0])
     for a in range(text.shape[0]):
         valid = [i for i in range(text.shape[1]) if mask[a, i]]
@@ -79,29 +81,36 @@ def reference_matching(text, mask, frames, w_text, w_frame):
                    for i in valid]
             t2v = sum(wt[k] * max(row) for k, row in enumerate(cos))
             wf = torch.softmax(w_frame[v], 0)
-            v2t = sum(wf[j] * max(cos[k][j] for k in range(len(valid))) for j in range(frames.shape[1]))
+            pads = [torch.tensor(0.0)] if pads_score_zero and len(valid) < text.shape[1] else []
+            v2t = sum(wf[j] * max([cos[k][j] for k in range(len(valid))] + pads) for j in range(frames.shape[1]))
             out[a, v] = (t2v + v2t) / 2
     return out
 
 
-def test_token_wise_matching_equals_loops_and_ignores_padding():
+@pytest.mark.parametrize("pad_tokens", ["zero", "exclude"])
+def test_token_wise_matching_equals_loops_and_ignores_padded_content(pad_tokens):
     torch.manual_seed(0)
-    match = TokenWiseMatching(16)
-    for mlp in (match.text_weight, match.frame_weight):
-        torch.nn.init.normal_(mlp[2].weight)  # non-uniform weights
+    match = TokenWiseMatching(16, pad_tokens=pad_tokens)
+    assert match.text_weight[0].out_features == 16  # hidden width E
+    assert 0.017 < float(match.text_weight[0].weight.detach().std()) < 0.023  # N(0, 0.02), as released
     text, frames = torch.randn(3, 6, 16), torch.randn(5, 4, 16)
+    frames[:, :, 0] += 3.0  # every frame far from every token: real similarities mostly negative
+    text[:, :, 0] -= 3.0
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]])
     with torch.no_grad():
         got = match(text, mask, frames)
-        want = reference_matching(
-            text, mask, frames, match.text_weight(text).squeeze(-1), match.frame_weight(frames).squeeze(-1)
-        )
+        want = reference_matching(text, mask, frames, match.text_weight(text).squeeze(-1),
+                                  match.frame_weight(frames).squeeze(-1), pad_tokens == "zero")
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         noisy = text.clone()
         noisy[~mask.bool()] = 100 * torch.randn(int((mask == 0).sum()), 16)
         torch.testing.assert_close(match(noisy, mask, frames), got, rtol=0, atol=0)
-    # zero-initialised weight heads: plain means over tokens / frames at the start
-    fresh = TokenWiseMatching(16)
+    other = reference_matching(text, mask, frames, match.text_weight(text).squeeze(-1),
+                               match.frame_weight(frames).squeeze(-1), pad_tokens != "zero")
+    assert not torch.allclose(got, other)  # the two conventions differ on padded captions
+    assert torch.allclose(got[1], other[1])  # ... and agree on one without padding
+    # "uniform" initialisation: plain means over tokens / frames at the start
+    fresh = TokenWiseMatching(16, init="uniform", pad_tokens="exclude")
     sim = F.normalize(text, dim=-1)[0, :3] @ F.normalize(frames, dim=-1)[1].t()  # (tokens, frames)
     expected = 0.5 * (sim.amax(1).mean() + sim.amax(0).mean())
     torch.testing.assert_close(fresh(text, mask, frames)[0, 1], expected)
@@ -126,8 +135,9 @@ def test_loss_is_symmetric_infonce_of_scaled_similarity():
     assert math.isclose(model.text.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
 
 
-def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit():
-    model = side_model().train()
+@pytest.mark.parametrize("train_projection", [False, True])
+def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit(train_projection):
+    model = side_model(train_projection=train_projection).train()
     video, ids, mask = batch()
     contrastive_loss(model, video, ids, mask).backward()
     # U_p starts at zero: only U_p itself is reached through it
@@ -138,19 +148,42 @@ def test_gradients_reach_side_network_and_text_but_not_the_frozen_vit():
         model.up.weight.normal_(std=0.1)
     contrastive_loss(model, video, ids, mask).backward()
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    projection = ("backbone.ln_post", "backbone.proj") if train_projection else ()  # released: frozen (OpenAI)
     for name, p in model.named_parameters():
-        if name.startswith("backbone.") and not name.startswith(("backbone.ln_post", "backbone.proj")):
+        if name.startswith("backbone.") and not name.startswith(projection):
             assert not p.requires_grad, name
             assert p.grad is None, name
         else:
             assert name in trained, name
-    reached = ("side.stem.weight", "side.blocks.0.attn.in_proj_weight", "side.down.1.proj.weight", "up.weight",
-               "matching.text_weight.2.weight", "matching.frame_weight.2.weight", "backbone.ln_post.weight",
-               "backbone.proj", "text.token_embedding.weight", "text.text_projection", "text.logit_scale",
-               "text.transformer.resblocks.0.attn.in_proj_weight")
+    reached = ["side.stem.weight", "side.blocks.0.attn.in_proj_weight", "side.down.1.proj.weight", "up.weight",
+               "post_bn.weight", "matching.text_weight.2.weight", "matching.frame_weight.2.weight",
+               "text.token_embedding.weight", "text.text_projection", "text.logit_scale",
+               "text.transformer.resblocks.0.attn.in_proj_weight"]
+    reached += ["backbone.ln_post.weight", "backbone.proj"] if train_projection else []
     params = dict(model.named_parameters())
     for name in reached:
         assert params[name].grad.abs().sum() > 0, name
+
+
+def test_side_output_is_batch_normalised_before_the_frame_mean():
+    """The authors' retrieval model: ``side_post_bn`` (BN3d over B, T, H, W) on the side output, then the
+    per-frame mean, ``U_p``, the [CLS] sum, ``ln_post`` and ``proj``."""
+    model = side_model().train()
+    with torch.no_grad():
+        model.up.weight.normal_(std=0.1)
+        model.post_bn.weight.uniform_(0.5, 1.5)
+        model.post_bn.bias.normal_()
+    video, _, _ = batch()
+    with torch.no_grad():
+        feats = model.backbone_features(video)
+        side = model.side(video, feats)  # (B, T, N, d)
+        mean, var = side.mean(dim=(0, 1, 2)), side.var(dim=(0, 1, 2), unbiased=False)
+        normed = (side - mean) / torch.sqrt(var + model.post_bn.eps) * model.post_bn.weight + model.post_bn.bias
+        cls = feats[-1][:, 0].view(4, FRAMES, -1)
+        want = model.backbone.project(model.backbone.ln_post(model.up(normed.mean(dim=2)) + cls))
+        torch.testing.assert_close(model.encode_video(video), want, rtol=1e-4, atol=1e-5)
+    plain = side_model(post_bn=False)
+    assert not any("post_bn" in n for n, _ in plain.named_parameters())
 
 
 def test_param_groups_split_clip_parts_and_new_modules():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from side4video import create_model, list_models
-from side4video.methods.side4video import Side4Video, shift_cls, tap_indices
+from side4video.backbones.vit import VIT_B_16
+from side4video.methods.side4video import Side4Video, SideBlock, SideNetwork, shift_cls, tap_indices
 from side4video.models import get_preset
 from side4video.profiler import saved_activation_bytes
 
@@ -96,9 +97,10 @@ def test_backbone_in_eval_mode_while_training():
 
 
 def test_fusion_average_differs_from_sum_and_runs():
-    sum_model = tiny_model()
-    avg_model = tiny_model(fusion="avg")
-    avg_model.load_state_dict(sum_model.state_dict())
+    avg_model = tiny_model()
+    assert avg_model.cfg.fusion == "avg"  # the released code; the paper's eq. (2) sums
+    sum_model = tiny_model(fusion="sum")
+    sum_model.load_state_dict(avg_model.state_dict())
     sum_model.eval()
     avg_model.eval()
     video = clip()
@@ -134,3 +136,49 @@ def test_post_norm_checkpointing_matches_plain_post_norm():
 def test_unknown_override_is_a_clear_error():
     with pytest.raises(KeyError, match="valid keys"):
         create_model("side4video-tiny", num_classes=3, side_depth=3)
+
+
+def reference_cls_attention(block: SideBlock, x, cls, pos, released: bool) -> torch.Tensor:
+    """Written out: released LN([cls; x + pos]) (paper: [cls; LN(x) + pos]); q = patches, k/v = all."""
+    ln = block.norm_attn
+    cls = cls[:, :, None]
+    tokens = ln(torch.cat([cls, x + pos], 2)) if released else torch.cat([cls, ln(x) + pos], 2)
+    d, heads = x.shape[-1], block.attn.heads
+    wq, wk, wv = block.attn.in_proj_weight.split(d)
+    bq, bk, bv = block.attn.in_proj_bias.split(d)
+    q = (tokens[:, :, 1:] @ wq.T + bq).unflatten(-1, (heads, -1)).transpose(-2, -3)  # (B, T, H, N, hd)
+    k = (tokens @ wk.T + bk).unflatten(-1, (heads, -1)).transpose(-2, -3)  # (B, T, H, 1+N, hd)
+    v = (tokens @ wv.T + bv).unflatten(-1, (heads, -1)).transpose(-2, -3)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+    return block.attn.out_proj((attn @ v).transpose(-2, -3).flatten(-2))
+
+
+@pytest.mark.parametrize("variant", ["released", "paper"])
+def test_cls_shift_attention_normalises_as_the_released_code_or_the_paper(variant):
+    torch.manual_seed(0)
+    block = SideBlock(128, 2, 4.0, post_norm=False, checkpoint_parts=False, cls_attn_norm=variant)
+    with torch.no_grad():
+        block.norm_attn.weight.normal_(1, 0.3)
+        block.norm_attn.bias.normal_(0, 0.3)
+    x, cls, pos = torch.randn(2, 3, 4, 128), torch.randn(2, 3, 128) * 3, torch.randn(4, 128)
+    with torch.no_grad():
+        got = block._attention(x, cls, pos)
+        torch.testing.assert_close(got, reference_cls_attention(block, x, cls, pos, variant == "released"))
+        other = reference_cls_attention(block, x, cls, pos, variant != "released")
+    assert not torch.allclose(got, other, atol=1e-3)
+
+
+def test_released_initialisation_and_e14_preset():
+    torch.manual_seed(0)
+    side, d = SideNetwork(get_preset("side4video-b16").config, VIT_B_16), 320
+    block = side.blocks[0]
+    assert abs(block.attn.in_proj_weight.std().item() - d**-0.5) < 0.002
+    assert abs(block.attn.out_proj.weight.std().item() - d**-0.5 * 24**-0.5) < 0.001
+    assert abs(block.mlp.fc1.weight.std().item() - (2 * d) ** -0.5) < 0.002
+    assert abs(side.down[0].proj.weight.std().item() - (2 * d) ** -0.5) < 0.002
+    assert abs(side.pos_embed.std().item() - 0.01) < 0.001
+    assert block.attn.in_proj_bias.abs().sum() == 0
+    e14 = get_preset("side4video-e14-light").config  # the released EVA code's layout
+    assert (e14.post_norm, e14.down_norm, e14.head_norm, e14.fusion) == (True, "post", False, "avg")
+    with torch.device("meta"):
+        assert isinstance(create_model("side4video-e14-light").head.norm, torch.nn.Identity)

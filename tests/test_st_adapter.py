@@ -80,7 +80,8 @@ def test_adapter_is_identity_at_init_and_has_the_paper_size():
 def test_model_equals_frozen_baseline_at_init():
     torch.manual_seed(0)
     baseline = create_model("frozen-meanp-tiny", num_classes=4, num_frames=3, image_size=SIZE).eval()
-    cfg = STAdapterConfig("tiny", num_classes=4, num_frames=3, bottleneck=16, placement="attn+mlp")
+    cfg = STAdapterConfig("tiny", num_classes=4, num_frames=3, bottleneck=16, placement="attn+mlp",
+                          pool="norm_then_mean")
     model = STAdapterModel(cfg, copy.deepcopy(baseline.backbone)).eval()
     assert len(adapters(model)) == 2 * len(model.backbone.blocks)
     video = clip()
@@ -100,10 +101,15 @@ def test_gradients_reach_every_adapter_through_the_frozen_vit_and_no_frozen_weig
         assert p.requires_grad == (id(p) in trainable), name
         if not p.requires_grad:
             assert p.grad is None, name
-    for block in model.backbone.blocks:  # block 0's adapter is reached only through every frozen block above it
-        a = block.stream_pre_attn
+    # block 0's adapter is reached only through every frozen block above it. The last block's adapter
+    # (before the MLP, the released placement) changes patch tokens only after its block's attention:
+    # the [CLS] output never sees it, in the released model as here.
+    *reached, last = model.backbone.blocks
+    for block in reached:
+        a = block.stream_pre_mlp
         assert a.conv.weight.grad.abs().sum() > 0
         assert a.up.bias.grad.abs().sum() > 0
+    assert last.stream_pre_mlp.up.bias.grad.abs().sum() == 0
 
 
 def test_adapters_learn_temporal_order():
@@ -132,4 +138,20 @@ def test_adapter_parameter_counts_on_meta(name, count):
 def test_config_accepts_a_json_kernel_list():
     assert STAdapterConfig(kernel=[3, 1, 1]).kernel == (3, 1, 1)
     with pytest.raises(ValueError, match="placement"):
-        STAdapterConfig(placement="mlp")
+        STAdapterConfig(placement="ffn")
+
+
+def test_released_head_normalises_the_frame_mean():
+    """Released head: ln_post(mean_t [CLS]); the option norm_then_mean: mean_t ln_post([CLS])."""
+    torch.manual_seed(0)
+    model = create_model("st-adapter-tiny", num_classes=4, num_frames=3, image_size=SIZE).eval()
+    with torch.no_grad():
+        model.backbone.ln_post.weight.normal_(1, 0.5)
+        video = clip()
+        tokens = model.backbone.forward_features(video.transpose(1, 2).flatten(0, 1), num_frames=3)
+        cls = tokens[:, 0].view(2, 3, -1)
+        torch.testing.assert_close(model.forward_features(video), model.backbone.ln_post(cls.mean(1)))
+        per_frame = create_model("st-adapter-tiny", num_classes=4, num_frames=3, image_size=SIZE,
+                                 pool="norm_then_mean")
+        per_frame.load_state_dict(model.state_dict())
+        torch.testing.assert_close(per_frame.eval().forward_features(video), model.backbone.ln_post(cls).mean(1))

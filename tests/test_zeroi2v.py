@@ -19,6 +19,7 @@ from side4video.methods.zeroi2v import (
     ZeroI2V,
     ZeroI2VConfig,
     default_head_offsets,
+    released_shift_groups,
 )
 from side4video.models import build_model
 
@@ -32,6 +33,8 @@ def clip(batch: int = 2, frames: int = 3, size: int = SIZE) -> torch.Tensor:
 
 def tiny(num_frames: int = 3, **overrides) -> ZeroI2V:
     torch.manual_seed(0)
+    if "head_offsets" in overrides:
+        overrides["shift_groups"] = None
     return create_model("zeroi2v-tiny", num_classes=4, num_frames=num_frames, image_size=SIZE, **overrides)
 
 
@@ -57,71 +60,91 @@ def randomise(model: ZeroI2V) -> ZeroI2V:
 
 
 def naive_stdha(attn: STDHA, x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Loop over clips, frames and heads; head h at frame t attends with K/V of frame src(t, h)."""
+    """Loops over clips, frames, channels and heads: K/V channel c at frame t come from frame src(t, c)."""
     bt, n, d = x.shape
     hd = d // attn.heads
     wq, wk, wv = attn.in_proj_weight.split(d)
     bq, bk, bv = attn.in_proj_bias.split(d)
+    offsets = [o for o, c in attn.groups for _ in range(c)] + [0] * (d - sum(c for _, c in attn.groups))
     x = x.view(bt // frames, frames, n, d)
     out = torch.zeros_like(x)
     for b in range(x.shape[0]):
+        k_all, v_all = x[b] @ wk.T + bk, x[b] @ wv.T + bv  # (T, N, D)
         for t in range(frames):
-            heads = []
-            for h, dt in enumerate(attn.offsets):
+            k, v = torch.empty(n, d), torch.empty(n, d)
+            for c, dt in enumerate(offsets):
                 src = t + dt if 0 <= t + dt < frames else t
+                k[:, c], v[:, c] = k_all[src, :, c], v_all[src, :, c]
+            q = x[b, t] @ wq.T + bq
+            heads = []
+            for h in range(attn.heads):
                 rows = slice(h * hd, (h + 1) * hd)
-                q = x[b, t] @ wq[rows].T + bq[rows]
-                k = x[b, src] @ wk[rows].T + bk[rows]
-                v = x[b, src] @ wv[rows].T + bv[rows]
-                heads.append(torch.softmax(q @ k.T / math.sqrt(hd), dim=-1) @ v)
+                heads.append(torch.softmax(q[:, rows] @ k[:, rows].T / math.sqrt(hd), dim=-1) @ v[:, rows])
             out[b, t] = attn.out_proj(torch.cat(heads, dim=-1))
     return out.view(bt, n, d)
 
 
-@pytest.mark.parametrize(("frames", "offsets"), [(4, (1, -1, 0, 0)), (5, (2, -3, 1, 0)), (1, (1, -1, 2, -2))])
-def test_stdha_matches_naive_reference(frames, offsets):
+@pytest.mark.parametrize(
+    ("frames", "groups"),
+    [(4, ((-1, 4), (1, 4))), (5, ((2, 3), (-3, 6), (1, 2))), (1, ((1, 8), (-1, 8))), (4, ((-4, 16),))],
+)
+def test_stdha_matches_naive_reference(frames, groups):
     torch.manual_seed(0)
-    attn = STDHA(16, 4, offsets)
+    attn = STDHA(16, 4, groups)
     x = torch.randn(2 * frames, 5, 16)
     torch.testing.assert_close(attn(x, frames), naive_stdha(attn, x, frames), rtol=1e-5, atol=1e-5)
 
 
-def test_stdha_reads_neighbour_frames_and_keeps_its_own_at_the_ends():
-    frames, heads = 4, 4
-    attn = STDHA(8, heads, (1, -1, 2))
-    # every token of frame t carries the value t, in every head and channel
-    kv = torch.arange(frames, dtype=torch.float32).repeat(2).view(2 * frames, 1, 1, 1).expand(-1, heads, 3, 2)
-    shifted = attn.shift(kv, frames)[:, :, 0, 0].view(2, frames, heads)  # source frame per (clip, t, head)
-    expected = torch.tensor([[1, 0, 2, 0], [2, 0, 3, 1], [3, 1, 2, 2], [3, 2, 3, 3]], dtype=torch.float32)
-    assert torch.equal(shifted, expected.expand(2, -1, -1))
+def test_stdha_shifts_channel_groups_and_keeps_own_frames_at_the_ends():
+    frames, width = 4, 8
+    attn = STDHA(width, 2, ((-1, 3), (1, 2), (2, 1)))  # groups need not align with heads (4 channels each)
+    # every K/V channel of frame t carries the value t; Q carries -1
+    qkv = torch.arange(frames, dtype=torch.float32).view(1, frames, 1, 1, 1).repeat(2, 1, 5, 3, width)
+    qkv[:, :, :, 0] = -1
+    shifted = attn.shift(qkv)
+    assert torch.equal(shifted[:, :, :, 0], qkv[:, :, :, 0])  # queries never move
+    assert torch.equal(shifted[:, :, :, 1], shifted[:, :, :, 2])  # keys and values move alike
+    source = shifted[0, :, 0, 1]  # (T, C): the frame each channel reads
+    expected = torch.tensor([[0, 0, 0, 1, 1, 2, 0, 0], [0, 0, 0, 2, 2, 3, 1, 1],
+                             [1, 1, 1, 3, 3, 2, 2, 2], [2, 2, 2, 3, 3, 3, 3, 3]], dtype=torch.float32)
+    assert torch.equal(source, expected)
 
 
-def test_stdha_adds_no_parameters_and_zero_offsets_are_plain_attention():
+def test_stdha_adds_no_parameters_and_no_groups_are_plain_attention():
     torch.manual_seed(0)
     plain = Attention(16, 4)
-    stdha = STDHA.from_attention(plain, (0, 0, 0, 0))
+    stdha = STDHA.from_attention(plain, ())
     assert stdha.state_dict().keys() == plain.state_dict().keys()
     assert sum(p.numel() for p in stdha.parameters()) == sum(p.numel() for p in plain.parameters())
     assert stdha.in_proj_weight is plain.in_proj_weight  # shares the pretrained weights
     x = torch.randn(6, 5, 16)
-    assert torch.equal(stdha(x, 3), plain(x, 3))
-    with pytest.raises(ValueError, match="5 STDHA head offsets"):
-        STDHA(16, 4, (1, 1, 1, 1, 1))
+    torch.testing.assert_close(stdha(x, 3), plain(x, 3), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cover 20 channels of 16"):
+        STDHA(16, 4, ((1, 12), (-1, 8)))
 
 
-def test_default_offsets_follow_paper_table6():
-    assert default_head_offsets(12, 8) == (1, -1) + (0,) * 10
-    assert default_head_offsets(16, 8) == (1, 1, -1, -1) + (0,) * 12
-    assert default_head_offsets(12, 16) == (1, -1, 2) + (0,) * 9
-    assert default_head_offsets(12, 16, "ssv2") == (1, -1, 2, -2) + (0,) * 8
-    assert default_head_offsets(16, 32) == (1, 1, -1, -1, 2, -2, 3) + (0,) * 9
+def test_released_channel_patterns():
+    # released stdha_cfg: first C/shift_div channels read t-1, the next t+1, then the long shifts
+    assert released_shift_groups(768, 12) == ((-1, 64), (1, 64))
+    assert released_shift_groups(1024, 8, long_shift_div=8) == ((-1, 128), (1, 128), (-2, 128))
+    assert released_shift_groups(768, 12, 12, long_shift_right=True) == ((-1, 64), (1, 64), (-2, 64), (2, 64))
+    long = released_shift_groups(1024, 8, shifts=((2, 16, True), (3, 16, False), (4, -1, False)))
+    assert long == ((-1, 128), (1, 128), (-2, 64), (2, 64), (-3, 64))
+
+
+def test_default_offsets_follow_the_released_configs_then_paper_table6():
+    assert default_head_offsets(12, 8) == (-1, 1) + (0,) * 10
+    assert default_head_offsets(16, 8) == (-1, -1, 1, 1) + (0,) * 12
+    assert default_head_offsets(16, 32) == (-1, -1, 1, 1, -2, -2) + (0,) * 10  # CLIP-L_k400_32x4x1
+    assert default_head_offsets(16, 32, "ssv2") == (-1, -1, 1, 1, -2, 2, -3) + (0,) * 9  # CLIP-L_sthv2_u32
+    assert default_head_offsets(12, 16) == (-1, 1, -2) + (0,) * 9  # no released config: Table 6, released sign
     assert default_head_offsets(12, 4) == default_head_offsets(12, 8)  # below the table: its 8-frame row
-    assert default_head_offsets(12, 24) == default_head_offsets(12, 16)
     with pytest.raises(ValueError, match="head_offsets"):
         default_head_offsets(4, 8)
     with torch.device("meta"):
-        assert create_model("zeroi2v-l14").head_offsets == (1, 1, -1, -1) + (0,) * 12
-        assert create_model("zeroi2v-b16", num_frames=32).head_offsets == (1, -1, 2, -2, 3) + (0,) * 7
+        assert create_model("zeroi2v-l14").shift_groups == ((-1, 64),) * 2 + ((1, 64),) * 2 + ((0, 64),) * 12
+        assert create_model("zeroi2v-b16", num_frames=32).shift_groups[:5] == (
+            (-1, 64), (1, 64), (-2, 64), (2, 64), (-3, 64))
 
 
 # ----------------------------------------------------------------------------- adapters and training
@@ -172,7 +195,7 @@ def test_gradients_reach_adapters_embedding_ln_post_and_head_only():
 
 def test_zeroi2v_learns_temporal_order():
     """The same frames forward and reversed: mean pooling alone cannot tell them apart."""
-    model = tiny(dropout=0.0)
+    model = tiny(dropout=0.0, adapter_dropout=0.0)
     assert fit_forward_vs_reversed(model, clip(batch=1)) < 0.3
 
 
@@ -188,7 +211,7 @@ def test_reparameterisation_is_exact(frames, offsets, scale):
     if offsets is None:  # paper Table 6 offsets on a 12-head ViT
         cfg = ZeroI2VConfig("tiny", num_classes=4, num_frames=frames, adapter_scale=scale)
         model = ZeroI2V(cfg, build_vit(TWELVE_HEADS))
-        assert model.head_offsets == (1, -1) + (0,) * 10
+        assert model.shift_groups == ((-1, 8), (1, 8)) + ((0, 8),) * 10
         size = TWELVE_HEADS.image_size
     else:
         model = tiny(frames, head_offsets=offsets, adapter_scale=scale)
@@ -199,7 +222,7 @@ def test_reparameterisation_is_exact(frames, offsets, scale):
     assert merged.cfg.merged
     assert not merged.training
     assert not any(isinstance(m, LinearAdapter) for m in merged.modules())
-    assert merged.head_offsets == model.head_offsets
+    assert merged.shift_groups == model.shift_groups
     count = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in merged.parameters()) == count - adapter_params(model)
     video = clip(frames=frames, size=size)
@@ -208,6 +231,35 @@ def test_reparameterisation_is_exact(frames, offsets, scale):
         assert (merged(video) - model(video)).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="already merged"):
         merged.reparameterize()
+
+
+def test_reparameterisation_is_exact_for_qkv_adapters_three_adapters_and_any_channel_groups():
+    """The paper's 6-adapter variant (separate q/k/v adapters) and num_tadapter=1, with groups across heads."""
+    for overrides in ({"qkv_adapters": True}, {"adapter_points": ("attn_in", "attn_out", "mlp_in")}):
+        model = tiny(4, shift_groups=((-1, 40), (1, 40), (-2, 24), (3, 8)), adapter_scale=0.5, **overrides)
+        model = randomise(model).eval()
+        merged = model.reparameterize()
+        assert not any(isinstance(m, LinearAdapter) for m in merged.modules())
+        video = clip(frames=4)
+        with torch.no_grad():
+            assert (merged(video) - model(video)).abs().max() <= 1e-5
+
+
+def test_adapter_dropout_between_down_and_up_in_training_only():
+    """Released adapters: ``x + s * up(dropout_0.1(down(x)))``; at inference the adapter is affine (mergeable)."""
+    model = randomise(tiny())
+    adapter = model.backbone.blocks[0].attn_in
+    assert adapter.dropout.p == 0.1  # the preset default, as released
+    x = torch.randn(6, 5, adapter.down.in_features)
+    torch.manual_seed(1)
+    got = adapter.train()(x)
+    torch.manual_seed(1)
+    want = x + adapter.scale * adapter.up(torch.nn.functional.dropout(adapter.down(x), 0.1, training=True))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, x + adapter.scale * adapter.up(adapter.down(x)))
+    wa, ba = adapter.affine()
+    torch.testing.assert_close(adapter.eval()(x).double(), x.double() @ wa.T + ba, atol=1e-5, rtol=1e-5)
+    assert tiny(adapter_dropout=0.0).backbone.blocks[0].mlp_out.dropout.p == 0.0
 
 
 def test_merged_model_rebuilds_from_name_and_config():
@@ -255,7 +307,7 @@ def test_export_writes_a_verified_merged_model_that_loads_back(tmp_path):
     loaded = load_exported(out)
     assert isinstance(loaded, ZeroI2V)
     assert loaded.cfg.merged
-    assert loaded.head_offsets == model.head_offsets
+    assert loaded.shift_groups == model.shift_groups
     assert not loaded.training
     assert adapter_params(loaded) == 0
     video = clip()

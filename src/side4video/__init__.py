@@ -8,6 +8,7 @@ from .engine.checkpoint import load_model
 from .export import export_merged, load_exported
 from .metrics import classification_metrics, retrieval_metrics
 from .models import create_model, list_models
+from .official import load_official
 from .profiler import profile_model
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "load_clip",
     "load_exported",
     "load_model",
+    "load_official",
     "load_text_tower",
     "load_tokenizer",
     "profile_model",

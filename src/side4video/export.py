@@ -1,6 +1,7 @@
 """Export a trained model with its adapters merged, after checking the merge numerically.
 
-``export_merged`` reads a training checkpoint, rebuilds the model, calls its ``reparameterize()``
+``export_merged`` reads a training checkpoint (or an export directory such as ``side4video import``
+writes), rebuilds the model, calls its ``reparameterize()``
 and compares merged and unmerged outputs on random clips in float32 / eval mode. Only if they agree
 within ``atol`` does it write an export directory (``engine.checkpoint.write_export``), which
 ``load_model`` / ``load_exported`` read back.
@@ -39,11 +40,18 @@ def export_merged(
     more than ``atol`` on ``num_clips`` random clips.
     """
     checkpoint_path = Path(checkpoint_path)
-    ckpt = load_checkpoint(checkpoint_path, keys=MODEL_KEYS)
+    model = None
+    if checkpoint_path.is_dir():  # an export directory, e.g. an imported official checkpoint
+        model, ckpt = read_export(checkpoint_path)
+        ckpt["epoch"] = ckpt.get("source_epoch")
+    else:
+        ckpt = load_checkpoint(checkpoint_path, keys=MODEL_KEYS)
     name = ckpt["model_name"]
     if not hasattr(get_preset(name).build, "reparameterize"):  # refused before any weight is read
         raise ValueError(f"{checkpoint_path}: {name} has no adapters to merge (export is for ZeroI2V checkpoints)")
-    model = model_from_checkpoint(ckpt, checkpoint_path, pretrained).float()
+    if model is None:
+        model = model_from_checkpoint(ckpt, checkpoint_path, pretrained)
+    model = model.float()
     merged = model.reparameterize().eval()
 
     size = model.backbone.cfg.image_size

@@ -31,11 +31,34 @@ def text_to_video_ranks(sim: torch.Tensor, text_to_video: torch.Tensor) -> torch
     return (sim >= true).sum(dim=1)
 
 
-def video_to_text_ranks(sim: torch.Tensor, text_to_video: torch.Tensor) -> torch.Tensor:
-    """Rank of each captioned video's best caption among all texts: ``(num_captioned_videos,)``.
+def caption_group_scores(sim: torch.Tensor, text_to_video: torch.Tensor) -> torch.Tensor:
+    """Score of each video's caption group for every video: ``(num_videos, num_videos)``, entry
+    ``[g, v]`` = the best ``sim[c, v]`` over the captions ``c`` of video ``g`` (``-inf`` if ``g`` has none)."""
+    num_videos = sim.shape[1]
+    groups = torch.full((num_videos, num_videos), float("-inf"), dtype=sim.dtype)
+    index = text_to_video[:, None].expand(-1, num_videos)  # (Nt, Nv): the group of each row of sim
+    return groups.scatter_reduce(0, index, sim, reduce="amax")  # (Ng = Nv, Nv)
 
-    A video's hit is any of its captions, so its rank is the best over its captions; the rank of
-    caption c for video v is the number of texts scoring at least ``sim[c, v]``.
+
+def video_to_text_ranks(sim: torch.Tensor, text_to_video: torch.Tensor) -> torch.Tensor:
+    """Rank of each captioned video's own caption group among all caption groups: ``(num_captioned_videos,)``.
+
+    The candidates of video->text are the caption groups, one per captioned video, each scored by its
+    best caption (CLIP4Clip's ``tensor_video_to_text_sim``: a max over the caption axis):
+    ``rank(v) = #{g : max_{c in C(g)} sim[c, v] >= max_{c in C(v)} sim[c, v]}``.
+    """
+    captioned = torch.zeros(sim.shape[1], dtype=torch.bool)
+    captioned[text_to_video] = True
+    groups = caption_group_scores(sim, text_to_video)[captioned][:, captioned]  # (Ng, Ng): [group, video]
+    return (groups >= groups.diagonal()[None, :]).sum(dim=0)
+
+
+def video_to_caption_ranks(sim: torch.Tensor, text_to_video: torch.Tensor) -> torch.Tensor:
+    """Rank of each captioned video's best caption among all individual captions: ``(num_captioned_videos,)``.
+
+    ``rank(v) = #{c' : sim[c', v] >= max_{c in C(v)} sim[c, v]}``: every caption is a candidate, so
+    the other captions of the same video count against it. Equals ``video_to_text_ranks`` when every
+    video has one caption; with several, the two agree on which videos rank first (same R@1) only.
     """
     true = sim.gather(1, text_to_video[:, None]).squeeze(1)  # (Nt,): each caption with its own video
     best = torch.full((sim.shape[1],), float("-inf"), dtype=sim.dtype)
@@ -56,12 +79,21 @@ def retrieval_metrics(
     text_to_video: torch.Tensor | np.ndarray,
     dsl: bool = False,
     dsl_temperature: float = 100.0,
+    per_caption: bool = False,
 ) -> dict[str, float]:
     """Text->video and video->text R@1/5/10 (percent), MdR and MnR.
 
     ``sim``: ``(num_texts, num_videos)`` similarities; ``text_to_video``: ``(num_texts,)`` index of
     each caption's video (several captions may share a video). Videos without a caption only
-    serve as distractors for text->video. With ``dsl`` the same numbers after dual-softmax
+    serve as distractors for text->video.
+
+    * ``t2v_*``: each caption ranks all videos; ``rank = #{v' : sim[c, v'] >= sim[c, v(c)]}``.
+    * ``v2t_*``: each captioned video ranks the caption groups, one per captioned video, each scored
+      by its best caption (CLIP4Clip convention); see ``video_to_text_ranks``.
+    * ``v2c_*`` (only with ``per_caption``): each captioned video's best caption ranked among all
+      individual captions; see ``video_to_caption_ranks``.
+
+    Ties count against the model (``>=`` above). With ``dsl`` the same numbers after dual-softmax
     re-weighting are added under keys prefixed ``dsl_``; the plain numbers are always returned.
     """
     sim = _as_tensor(sim, torch.float64)
@@ -71,13 +103,19 @@ def retrieval_metrics(
                          f"{tuple(sim.shape)} and {tuple(t2v.shape)}")
     if t2v.numel() and not 0 <= int(t2v.min()) <= int(t2v.max()) < sim.shape[1]:
         raise ValueError(f"text_to_video indices must lie in [0, {sim.shape[1]})")
-    out = {
-        **rank_summary(text_to_video_ranks(sim, t2v), "t2v"),
-        **rank_summary(video_to_text_ranks(sim, t2v), "v2t"),
-    }
+
+    def summaries(t2v_sim: torch.Tensor, v2t_sim: torch.Tensor, prefix: str) -> dict[str, float]:
+        out = {
+            **rank_summary(text_to_video_ranks(t2v_sim, t2v), f"{prefix}t2v"),
+            **rank_summary(video_to_text_ranks(v2t_sim, t2v), f"{prefix}v2t"),
+        }
+        if per_caption:
+            out.update(rank_summary(video_to_caption_ranks(v2t_sim, t2v), f"{prefix}v2c"))
+        return out
+
+    out = summaries(sim, sim, "")
     if dsl:
-        out.update(rank_summary(text_to_video_ranks(dual_softmax(sim, 0, dsl_temperature), t2v), "dsl_t2v"))
-        out.update(rank_summary(video_to_text_ranks(dual_softmax(sim, 1, dsl_temperature), t2v), "dsl_v2t"))
+        out.update(summaries(dual_softmax(sim, 0, dsl_temperature), dual_softmax(sim, 1, dsl_temperature), "dsl_"))
     return out
 
 

@@ -46,20 +46,20 @@ PRESETS: dict[str, Preset] = {
     "side4video-l14-light": _side4video("ViT-L-14", 12, 320, "Side4Video light on ViT-L/14, 12 x 320 (paper: L/14 ♥)"),
     "side4video-e14-light": _side4video(
         "EVA02-E-14", 32, 576, "Side4Video on EVA-CLIP ViT-E/14, 32 x 576, post-norm (paper: E/14 ♥)",
-        post_norm=True, checkpoint_parts=True,
+        post_norm=True, checkpoint_parts=True, down_norm="post", head_norm=False,
     ),
     "side4video-tiny": _side4video("tiny", 4, 128, "Side4Video on the tiny test ViT, 4 x 128"),
     "st-adapter-b16": Preset(
         STAdapterModel, STAdapterConfig("ViT-B-16", bottleneck=384),
-        description="ST-Adapter on CLIP ViT-B/16, 12 x 384 before MHSA (paper: K400)",
+        description="ST-Adapter on CLIP ViT-B/16, 12 x 384 before the MLP (released K400 model)",
     ),
     "st-adapter-b16-x2": Preset(
         STAdapterModel, STAdapterConfig("ViT-B-16", bottleneck=384, placement="attn+mlp"),
-        description="ST-Adapter on CLIP ViT-B/16, 24 x 384 before MHSA and MLP (paper: SSv2)",
+        description="ST-Adapter on CLIP ViT-B/16, 24 x 384 before MHSA and MLP (released SSv2 model)",
     ),
     "st-adapter-l14": Preset(
         STAdapterModel, STAdapterConfig("ViT-L-14", bottleneck=384),
-        description="ST-Adapter on CLIP ViT-L/14, 24 x 384 before MHSA (paper Table 6)",
+        description="ST-Adapter on CLIP ViT-L/14, 24 x 384 before the MLP (paper Table 6 size, released layout)",
     ),
     "st-adapter-tiny": Preset(
         STAdapterModel, STAdapterConfig("tiny", bottleneck=64), description="ST-Adapter on the tiny test ViT"
@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         ZeroI2V, ZeroI2VConfig("ViT-L-14"), description="ZeroI2V on CLIP ViT-L/14: STDHA + 4 x 24 linear adapters"
     ),
     "zeroi2v-tiny": Preset(
-        ZeroI2V, ZeroI2VConfig("tiny", head_offsets=(1, -1)), description="ZeroI2V on the tiny test ViT"
+        ZeroI2V, ZeroI2VConfig("tiny", shift_groups=((-1, 64), (1, 64))), description="ZeroI2V on the tiny test ViT"
     ),
     "frozen-meanp-b16": Preset(
         FrozenMeanP, FrozenMeanPConfig("ViT-B-16"), description="Linear probe: frozen ViT-B/16, mean of frame CLS"
@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "side4video-retrieval-e14": Preset(
         Side4VideoRetrieval,
-        RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True),
+        RetrievalConfig("EVA02-E-14", side_layers=32, post_norm=True, checkpoint_parts=True, train_projection=True),
         RETRIEVAL,
         "Side4Video retrieval on EVA-CLIP ViT-E/14, 32 x 320 post-norm, token-wise matching",
     ),

@@ -54,6 +54,7 @@ TEXT_TOWERS: dict[str, TextConfig] = {
     "ViT-L-14": TEXT_L,
     "EVA02-E-14": TEXT_EVA_E,
     "tiny": TEXT_TINY,
+    "tiny-eva": TEXT_TINY,
 }
 
 

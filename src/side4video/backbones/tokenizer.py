@@ -1,8 +1,9 @@
 """CLIP's byte-level BPE tokenizer on the HF ``tokenizers`` library.
 
-Text is NFC-normalised, whitespace runs become one space, and it is lowercased; words are split
-with CLIP's regex, mapped byte-by-byte to printable characters (GPT-2's ``bytes_to_unicode``)
-and merged with BPE, the last symbol of every word carrying the ``</w>`` suffix. Sequences are
+Text is cleaned as OpenAI's tokenizer does (``clean_text``: ``ftfy.fix_text``, HTML entities
+unescaped twice, whitespace runs made one space, stripped, lowercased); words are then split with
+CLIP's regex, mapped byte-by-byte to printable characters (GPT-2's ``bytes_to_unicode``) and merged
+with BPE, the last symbol of every word carrying the ``</w>`` suffix. Sequences are
 ``<|startoftext|> ... <|endoftext|>`` and padded with id 0, as OpenAI's ``clip.tokenize`` does.
 
 Readable files: HF's ``tokenizer.json``; ``vocab.json`` + ``merges.txt``; or OpenAI's
@@ -12,18 +13,31 @@ Readable files: HF's ``tokenizer.json``; ``vocab.json`` + ``merges.txt``; or Ope
 from __future__ import annotations
 
 import gzip
+import html
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import ftfy
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: 49408 tokens = 2 x 256 bytes + merges + 2 specials
 CLIP_WORD_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+# Unicode White_Space, what ``\s`` means in CLIP's regex (Python's ``re`` would also match U+001C-U+001F).
+WHITESPACE = re.compile(r"[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+
+
+def clean_text(text: str) -> str:
+    """OpenAI's ``basic_clean`` then ``whitespace_clean`` then ``lower()``: mojibake, ligatures and curly
+    quotes fixed by ``ftfy.fix_text`` (which also NFC-normalises), HTML entities unescaped twice
+    (``&amp;#39;`` -> ``'``), every whitespace run one space, ends stripped, lowercased."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return WHITESPACE.sub(" ", text).strip().lower()
 
 
 @lru_cache
@@ -66,14 +80,12 @@ def openai_vocab(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
 
 
 def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` that splits text exactly as CLIP does (no special tokens added)."""
+    """A ``tokenizers.Tokenizer`` that splits text cleaned by ``clean_text`` exactly as CLIP does (no
+    special tokens added)."""
     bpe = models.BPE(
         vocab, list(merges), unk_token=EOT, continuing_subword_prefix="", end_of_word_suffix="</w>"
     )
-    tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
+    tok = Tokenizer(bpe)  # no normalizer: ``clean_text`` runs before it
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(CLIP_WORD_PATTERN), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -84,7 +96,8 @@ def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> Tokeni
 
 
 class ClipTokenizer:
-    """Turns captions into ``(ids, attention_mask)`` for the CLIP text tower."""
+    """Turns captions into ``(ids, attention_mask)`` for the CLIP text tower; every text goes through
+    ``clean_text`` first, as in OpenAI's tokenizer."""
 
     def __init__(self, tokenizer: Tokenizer, pad_id: int = 0) -> None:
         self.tokenizer = tokenizer
@@ -126,7 +139,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without the start / end tokens."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(clean_text(text), add_special_tokens=False).ids
 
     def tokenize(
         self, texts: str | Sequence[str], context_length: int = 77, truncate_to: int | None = None
@@ -142,7 +155,8 @@ class ClipTokenizer:
             raise ValueError(f"truncate_to={truncate_to} must lie in [2, context_length={context_length}]")
         ids = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for row, enc in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+        encodings = self.tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
+        for row, enc in enumerate(encodings):
             seq = [self.sot_id, *enc.ids[: limit - 2], self.eot_id]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1

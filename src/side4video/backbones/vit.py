@@ -12,6 +12,7 @@ hook receives ``num_frames`` (T) so that temporal components can unfold the batc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +66,9 @@ EVA02_E_14 = VisionConfig(
     post_norm=True, act="gelu", ln_eps=1e-6, patch_bias=True, ln_pre=False, proj_bias=True,
 )
 VIT_TINY = VisionConfig(width=256, layers=4, heads=4, mlp_dim=1024, patch_size=16, image_size=112, output_dim=128)
+VIT_TINY_EVA = dataclasses.replace(  # the tiny test ViT in EVA-CLIP bigE's layout (post-norm, GELU, biases)
+    VIT_TINY, post_norm=True, act="gelu", ln_eps=1e-6, patch_bias=True, ln_pre=False, proj_bias=True
+)
 
 BACKBONES: dict[str, VisionConfig] = {
     "ViT-B-32": VIT_B_32,
@@ -72,6 +76,7 @@ BACKBONES: dict[str, VisionConfig] = {
     "ViT-L-14": VIT_L_14,
     "EVA02-E-14": EVA02_E_14,
     "tiny": VIT_TINY,
+    "tiny-eva": VIT_TINY_EVA,
 }
 
 

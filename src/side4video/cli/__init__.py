@@ -6,6 +6,8 @@
     side4video check-data --list F --data-root DIR
     side4video profile MODEL [--num-classes N --frames T --batch-size B --device meta|cpu|cuda --merged --json]
     side4video export CKPT --out DIR
+    side4video import CKPT [--pretrained CLIP] [--frames T] [--config CFG] --out DIR
+    side4video zoo
     side4video demo [--output-dir DIR]
     side4video search --checkpoint CKPT --videos DIR "a sentence" [--topk 5] [--json] [--cache FILE]
     side4video embed --checkpoint CKPT (--videos DIR | --texts FILE) --out FILE.pt
@@ -21,7 +23,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import data, evaluate, search, serve, tools, train
+from . import data, evaluate, official, search, serve, tools, train
 
 Command = tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
@@ -31,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "check-data": (data.add_parser, data.run),
     "profile": (tools.add_profile_parser, tools.run_profile),
     "export": (tools.add_export_parser, tools.run_export),
+    "import": (official.add_import_parser, official.run_import),
+    "zoo": (official.add_zoo_parser, official.run_zoo),
     "demo": (tools.add_demo_parser, tools.run_demo),
     "search": (search.add_search_parser, search.run_search),
     "embed": (search.add_embed_parser, search.run_embed),

@@ -48,7 +48,8 @@ class VideoOnlyDataset(PolicyDataset):
     """One clip per video: ``{"video": float32 (3, T, S, S), "frame_indices": int64 (T,), "video_index": int,
     "path": str}``, or a ``BadSample`` (``bad_sample_policy="skip"``) when the video cannot be read.
 
-    Frames: ``num_frames`` TSN segments, a random frame of each in training, the centres otherwise. The
+    Frames: ``num_frames`` TSN segments, a random frame of each in training, otherwise the point
+    ``test_position`` of each (0.5: the centres; 0: the starts, as Side4Video's retrieval code). The
     short side is resized to ``short_side`` (default ``image_size``) and the centre crop kept; training
     flips it horizontally with probability ``flip`` (default 0: a caption may say "left" or "right").
     ``decode_short_side``: frames are decoded already resized so that their short side is this.
@@ -67,6 +68,7 @@ class VideoOnlyDataset(PolicyDataset):
         flip: float = 0.0,
         short_side: int | None = None,
         decode_short_side: int | None = None,
+        test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         seed: int = 0,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
@@ -84,6 +86,7 @@ class VideoOnlyDataset(PolicyDataset):
         self.flip = flip
         self.short_side = short_side
         self.decode_short_side = check_decode_short_side(decode_short_side, image_size)
+        self.test_position = test_position
         self.extensions = tuple(extensions)
         self.mean, self.std = mean, std
 
@@ -97,10 +100,10 @@ class VideoOnlyDataset(PolicyDataset):
         """The clip of video ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
         path = self.path(index)
         n, read = video_frame_source(path, short_side=self.decode_short_side)
-        indices = segment_indices(n, self.num_frames, train=self.train, rng=rng)  # (T,)
+        indices = segment_indices(n, self.num_frames, train=self.train, rng=rng, test_position=self.test_position)
         frames = read(indices)  # (T, H, W, 3) uint8
         norm = dict(mean=self.mean, std=self.std)
-        (video,) = eval_views(frames, self.image_size, short_side=self.short_side, **norm)  # (3, T, S, S)
+        (video,) = eval_views(frames, self.image_size, resize_to=self.short_side, **norm)  # (3, T, S, S)
         if self.train and rng.random() < self.flip:
             video = video.flip(-1)
         return {
@@ -135,6 +138,7 @@ class CaptionDataset(PolicyDataset):
         flip: float = 0.0,
         short_side: int | None = None,
         decode_short_side: int | None = None,
+        test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         max_resample: int = 10,
         seed: int = 0,
@@ -146,8 +150,8 @@ class CaptionDataset(PolicyDataset):
         self.ids, self.mask = tokenizer.tokenize(split.captions, context_length=text_length)  # (N, L) each
         policy = "fail" if bad_sample_policy == "fail" else "skip"  # the videos' own policy
         clip = dict(num_frames=num_frames, image_size=image_size, short_side=short_side, seed=seed,
-                    decode_short_side=decode_short_side, extensions=extensions, mean=mean, std=std,
-                    bad_sample_policy=policy)  # fmt: skip
+                    decode_short_side=decode_short_side, test_position=test_position, extensions=extensions,
+                    mean=mean, std=std, bad_sample_policy=policy)  # fmt: skip
         self.clips = VideoOnlyDataset(split.videos, video_root, train=train, flip=flip, **clip)
         self.eval_videos = VideoOnlyDataset(split.videos, video_root, **clip)
         super().__init__(seed=seed, bad_sample_policy=bad_sample_policy, max_resample=max_resample)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .lists import ListKind, VideoRecord, read_annotation_list
 from .sampling import Sampling, sample_indices
-from .transforms import AugmentConfig, eval_views, train_clip
+from .transforms import AugmentConfig, Size, eval_views, train_clip
 from .video import ReadErrorKind, VideoReadError, check_decode_short_side, read_frame_folder, video_frame_source
 
 BadSamplePolicy = Literal["skip", "resample", "fail"]
@@ -134,7 +134,8 @@ class VideoClipDataset(PolicyDataset):
         frame_interval: int = 1,
         num_clips: int = 1,
         num_crops: int = 1,
-        test_short_side: int | None = None,
+        test_resize: Size | None = None,
+        test_position: float = 0.5,
         augment: AugmentConfig | None = None,
         repeated_aug: int = 1,
         bad_sample_policy: BadSamplePolicy = "skip",
@@ -163,7 +164,8 @@ class VideoClipDataset(PolicyDataset):
         self.frame_interval = frame_interval
         self.num_clips = num_clips
         self.num_crops = num_crops
-        self.test_short_side = test_short_side
+        self.test_resize = test_resize
+        self.test_position = test_position
         self.augment = augment or AugmentConfig()
         self.repeated_aug = repeated_aug
         self.frames_template = frames_template
@@ -208,7 +210,8 @@ class VideoClipDataset(PolicyDataset):
         if self.train:
             return [sample_indices(*args, rng=rng, **kw) for _ in range(self.repeated_aug)]
         k_of = self.num_clips
-        return [sample_indices(*args, clip_index=k, num_clips=k_of, **kw) for k in range(k_of)]
+        return [sample_indices(*args, clip_index=k, num_clips=k_of, test_position=self.test_position, **kw)
+                for k in range(k_of)]
 
     def load(self, item: int, rng: np.random.Generator) -> dict[str, Any]:
         """Item ``item`` (an entry, or one view chunk of it), drawing its randomness from ``rng``; raises
@@ -229,7 +232,7 @@ class VideoClipDataset(PolicyDataset):
             pairs = [train_clip(f, record.label, self.augment, self.image_size, rng) for f in frames]
             views, view_labels = zip(*pairs, strict=True)
         else:
-            crop = dict(num_crops=self.num_crops, short_side=self.test_short_side, mean=self.augment.mean,
+            crop = dict(num_crops=self.num_crops, resize_to=self.test_resize, mean=self.augment.mean,
                         std=self.augment.std)
             views = [v for f in frames for v in eval_views(f, self.image_size, **crop)]
             if self.view_chunk is not None:

@@ -29,12 +29,14 @@ def segment_indices(
     rng: np.random.Generator | None = None,
     clip_index: int = 0,
     num_clips: int = 1,
+    test_position: float = 0.5,
 ) -> np.ndarray:
     """TSN sampling: split the video into ``clip_len`` equal segments and take one frame from each.
 
-    Train: a uniformly random frame of every segment. Test: the segment centres, clip ``k`` of ``K``
-    taking the point ``(k + 0.5) / K`` of the way through each segment (so clip ``k`` is shifted by
-    ``k / K`` of a segment from clip 0; one clip is the centre).
+    Train: a uniformly random frame of every segment. Test: clip ``k`` of ``K`` takes the point
+    ``(k + test_position) / K`` of the way through each segment (clip ``k`` is shifted by ``k / K`` of a
+    segment from clip 0). ``test_position`` 0.5: one clip takes the segment centres; 0: the segment
+    starts (the Side4Video / CLIP4Clip retrieval test frames).
     """
     _check(num_frames, clip_len, clip_index, num_clips)
     seg = num_frames / clip_len
@@ -44,7 +46,9 @@ def segment_indices(
             raise ValueError("training sampling needs an rng")
         ends = np.maximum(np.floor((np.arange(clip_len) + 1) * seg).astype(np.int64), starts + 1)
         return rng.integers(starts, ends)  # one frame in [start, end) per segment
-    offset = (clip_index + 0.5) / num_clips
+    if not 0.0 <= test_position < 1.0:
+        raise ValueError(f"test_position must lie in [0, 1), got {test_position}")
+    offset = (clip_index + test_position) / num_clips
     return np.floor((np.arange(clip_len) + offset) * seg).astype(np.int64)
 
 
@@ -90,11 +94,13 @@ def sample_indices(
     rng: np.random.Generator | None = None,
     clip_index: int = 0,
     num_clips: int = 1,
+    test_position: float = 0.5,
 ) -> np.ndarray:
-    """Dispatch to ``segment_indices`` or ``dense_indices`` (``frame_interval`` is for dense only)."""
+    """Dispatch to ``segment_indices`` or ``dense_indices`` (``frame_interval`` is for dense only,
+    ``test_position`` for segment only)."""
     kw = dict(train=train, rng=rng, clip_index=clip_index, num_clips=num_clips)
     if sampling == "segment":
-        return segment_indices(num_frames, clip_len, **kw)
+        return segment_indices(num_frames, clip_len, test_position=test_position, **kw)
     if sampling == "dense":
         return dense_indices(num_frames, clip_len, frame_interval, **kw)
     raise ValueError(f"unknown sampling {sampling!r}; expected 'segment' or 'dense'")

@@ -1,10 +1,15 @@
 """Clip transforms: one draw of random parameters per clip, applied identically to all of its frames.
 
-Training: RandomResizedCrop -> horizontal flip (optionally swapping direction-sensitive labels) ->
-RandAugment -> grayscale -> CLIP normalisation. Testing: resize the short side, then a centre crop or
-three crops along the long side. Frames enter as ``uint8`` arrays ``(T, H, W, 3)`` and leave as
-normalised ``float32`` tensors ``(3, T, S, S)``. Randomness comes only from the ``numpy`` generator passed
-in, so a clip is a pure function of its seed.
+Training: optional resize (``AugmentConfig.resize``) -> RandomResizedCrop, or a short-side jitter and a
+random square crop (``short_side_jitter``) -> horizontal flip (optionally swapping direction-sensitive
+labels) -> RandAugment -> grayscale -> random erasing -> CLIP normalisation. Testing: resize (the short
+side, or to a fixed height x width), then a centre crop or three crops along the long side. Frames enter
+as ``uint8`` arrays ``(T, H, W, 3)`` and leave as normalised ``float32`` tensors ``(3, T, S, S)``.
+Randomness comes only from the ``numpy`` generator passed in, so a clip is a pure function of its seed.
+
+A resize ``size`` is an ``int`` (the short side, aspect ratio kept) or ``(height, width)`` (a fixed
+size). Side4Video's released pipeline resizes Kinetics frames to short side 256 and Something-Something
+frames to 256 x 320, in training (before the crop) and at test.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,21 +29,34 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Something-Something: "pushing/pulling/turning ... from left to right" <-> "... right to left".
 SS_FLIP_PAIRS = ((86, 87), (93, 94), (166, 167))
+Size = int | tuple[int, int]  # short side, or (height, width)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction
+    resize: Size | None = None  # frames resized before the crop: short side or (height, width); None: as decoded
+    short_side_jitter: tuple[int, int] | None = None  # short side uniform in [lo, hi], then a random square crop
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction (without short_side_jitter)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
     flip: float = 0.5  # horizontal flip probability
     flip_label_pairs: tuple[tuple[int, int], ...] = ()  # a flipped clip swaps these labels
     rand_augment: str | None = None  # e.g. "rand-m7-n4-mstd0.5-inc1"
     grayscale: float = 0.0  # probability
+    random_erasing: float = 0.0  # probability of erasing one rectangle, the same on every frame
+    erasing_mode: Literal["const", "rand"] = "const"  # fill: grey (128) or uniform random pixels
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
-    def __post_init__(self):  # fail early on bad pairs or a bad policy string
+    def __post_init__(self):  # fail early on bad pairs, a bad policy string or a bad size
         _ = self.flip_map, self.rand_augment_op
+        if self.resize is not None:
+            check_size(self.resize, "resize")
+        if self.short_side_jitter is not None and not 0 < self.short_side_jitter[0] <= self.short_side_jitter[1]:
+            raise ValueError(f"short_side_jitter must be (lo, hi) with 0 < lo <= hi, got {self.short_side_jitter}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"random_erasing is a probability, got {self.random_erasing}")
+        if self.erasing_mode not in ("const", "rand"):
+            raise ValueError(f"erasing_mode must be 'const' or 'rand', got {self.erasing_mode!r}")
 
     @cached_property
     def flip_map(self) -> dict[int, int]:
@@ -62,6 +81,14 @@ class AugmentConfig:
         if dataset not in recipes:
             raise KeyError(f"no augmentation recipe for {dataset!r}; known: {sorted(recipes)}")
         return replace(recipes[dataset], **overrides)
+
+
+def check_size(size: Size, name: str) -> Size:
+    """``size`` if it is a positive int or a pair of positive ints, else a ``ValueError`` naming ``name``."""
+    values = (size,) if isinstance(size, int) else tuple(size)
+    if len(values) not in (1, 2) or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f"{name} must be a short side (int) or (height, width), got {size!r}")
+    return size if isinstance(size, int) else (values[0], values[1])
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -111,12 +138,52 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:  # (T, 3, H, W), ITU-R 601 luma
     return luma.expand_as(x).contiguous()
 
 
+def random_erase_box(
+    height: int, width: int, rng: np.random.Generator, area: tuple[float, float] = (0.02, 1 / 3),
+    aspect: tuple[float, float] = (0.3, 10 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of one erased rectangle: area fraction uniform in ``area``, aspect ratio
+    log-uniform in ``aspect`` (mmaction2's ``RandomErasing`` defaults)."""
+    ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+    target = height * width * rng.uniform(*area)
+    h = min(round(math.sqrt(target * ratio)), height)
+    w = min(round(math.sqrt(target / ratio)), width)
+    top = int(rng.integers(height - h)) if height > h else 0
+    left = int(rng.integers(width - w)) if width > w else 0
+    return top, left, h, w
+
+
+def _erase(x: torch.Tensor, mode: str, rng: np.random.Generator) -> torch.Tensor:
+    """``x`` ``(T, 3, H, W)`` in [0, 1] with one rectangle, the same on every frame, filled with grey 128
+    (``const``) or uniform random 8-bit values drawn per pixel and frame (``rand``)."""
+    top, left, h, w = random_erase_box(x.shape[-2], x.shape[-1], rng)
+    x = x.clone()
+    if mode == "const":
+        x[..., top : top + h, left : left + w] = 128 / 255
+    else:
+        noise = rng.integers(0, 256, size=(x.shape[0], 3, h, w))
+        x[..., top : top + h, left : left + w] = torch.from_numpy(noise).to(x) / 255
+    return x
+
+
 def train_clip(
     frames: np.ndarray, label: int, cfg: AugmentConfig, image_size: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, int]:
     """One augmented training view: ``(T, H, W, 3)`` uint8 -> (``(3, T, S, S)`` float32, label after flip)."""
-    top, left, h, w = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.scale, cfg.ratio, rng)
-    x = resize(to_tensor(frames[:, top : top + h, left : left + w]), (image_size, image_size))  # (T, 3, S, S)
+    if cfg.resize is None and cfg.short_side_jitter is None:  # crop the decoded frames, resize the crop only
+        top, left, h, w = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.scale, cfg.ratio, rng)
+        x = resize(to_tensor(frames[:, top : top + h, left : left + w]), (image_size, image_size))  # (T, 3, S, S)
+    else:
+        x = to_tensor(frames) if cfg.resize is None else rescale(to_tensor(frames), cfg.resize)  # (T, 3, H', W')
+        if cfg.short_side_jitter is None:
+            top, left, h, w = random_resized_crop_box(x.shape[-2], x.shape[-1], cfg.scale, cfg.ratio, rng)
+            x = resize(x[..., top : top + h, left : left + w], (image_size, image_size))  # (T, 3, S, S)
+        else:
+            side = round(rng.uniform(*cfg.short_side_jitter))
+            x = rescale(x, max(side, image_size))  # (T, 3, H'', W'')
+            top = int(rng.integers(x.shape[-2] - image_size + 1))
+            left = int(rng.integers(x.shape[-1] - image_size + 1))
+            x = x[..., top : top + image_size, left : left + image_size]  # (T, 3, S, S)
     if rng.random() < cfg.flip:
         x = x.flip(-1)
         label = cfg.flip_map.get(label, label)
@@ -124,6 +191,8 @@ def train_clip(
         x = cfg.rand_augment_op(x, rng, fill=cfg.mean)
     if rng.random() < cfg.grayscale:
         x = _grayscale(x)
+    if cfg.random_erasing and rng.random() < cfg.random_erasing:
+        x = _erase(x, cfg.erasing_mode, rng)
     return normalize(x, cfg.mean, cfg.std), label
 
 
@@ -133,24 +202,29 @@ def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
     return resize(x, (max(size, round(h * scale)), max(size, round(w * scale))))
 
 
+def rescale(x: torch.Tensor, size: Size) -> torch.Tensor:
+    """``(T, 3, H, W)`` resized to short side ``size`` (an int) or to ``size`` = (height, width)."""
+    return resize_short_side(x, size) if isinstance(size, int) else resize(x, tuple(size))
+
+
 def eval_views(
     frames: np.ndarray,
     image_size: int,
     *,
     num_crops: int = 1,
-    short_side: int | None = None,
+    resize_to: Size | None = None,
     mean: tuple[float, float, float] = CLIP_MEAN,
     std: tuple[float, float, float] = CLIP_STD,
 ) -> list[torch.Tensor]:
-    """Deterministic test crops: resize the short side to ``short_side`` (default ``image_size``), then
-    1 centre crop or 3 crops (left/centre/right, or top/centre/bottom when portrait). Returns
-    ``num_crops`` tensors ``(3, T, S, S)`` in that order."""
+    """Deterministic test crops: resize to ``resize_to`` (a short side or (height, width); default: short
+    side ``image_size``), then 1 centre crop or 3 crops (left/centre/right, or top/centre/bottom when
+    portrait). Returns ``num_crops`` tensors ``(3, T, S, S)`` in that order."""
     if num_crops not in (1, 3):
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
-    short_side = short_side or image_size
-    if short_side < image_size:
-        raise ValueError(f"test short side {short_side} is smaller than the crop {image_size}")
-    x = resize_short_side(to_tensor(frames), short_side)  # (T, 3, H', W')
+    size = check_size(resize_to or image_size, "test resize")
+    if min((size,) if isinstance(size, int) else size) < image_size:
+        raise ValueError(f"test resize {size} is smaller than the crop {image_size}")
+    x = rescale(to_tensor(frames), size)  # (T, 3, H', W')
     h, w = x.shape[-2:]
     landscape = w >= h
     long_room = (w if landscape else h) - image_size

@@ -71,7 +71,11 @@ class OptimConfig:
     lr: float = 1e-3
     lr_clip: float = 1e-7  # retrieval: CLIP's trained parts (text tower, ln_post, proj); lr: new modules
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    warmup_start: float = 0.0  # lr multiplier where the linear warm-up starts
+    cosine: Literal["after_warmup", "whole_run"] = "after_warmup"  # whole_run: from step 0, times the warm-up
+    backbone_lr_mult: float = 1.0  # lr multiplier of the trained parts inside the backbone (adapters, ...)
     weight_decay: float = 0.15
+    no_decay: tuple[Literal["bias", "norm", "embedding", "1d"], ...] = ("bias", "norm", "embedding", "1d")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     label_smoothing: float = 0.1
@@ -86,7 +90,8 @@ class EvalConfig:
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     test_crops: int = 3
     test_clips: int = 1
-    test_short_side: int | None = None
+    test_resize: int | tuple[int, int] | None = None  # short side or [height, width]; None: short side image_size
+    test_segment_position: float = 0.5  # where a test frame sits in its segment (segment sampling): centre; 0: start
     eval_batch_size: int | None = None  # videos per step; default batch_size
     eval_chunk: int = 8  # clips per forward pass when averaging views
     confusion_matrix: bool = False
@@ -167,7 +172,9 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.clip_grad", lambda v: v > 0, "> 0 (or null: off)"),
     ("run.seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
-    ("eval.test_short_side", lambda v: v >= 1, ">= 1"),
+    ("eval.test_segment_position", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.warmup_start", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optim.backbone_lr_mult", lambda v: v >= 0, ">= 0"),
     ("eval.eval_batch_size", lambda v: v >= 1, ">= 1"),
 )
 

@@ -128,7 +128,8 @@ class RecognitionTask(Task):
         if train:
             return VideoClipDataset(list_file, d.data_root, repeated_aug=d.repeated_aug, **common)
         return VideoClipDataset(list_file, d.data_root, num_clips=e.test_clips, num_crops=e.test_crops,
-                                test_short_side=e.test_short_side, view_chunk=e.eval_chunk, **common)
+                                test_resize=e.test_resize, test_position=e.test_segment_position,
+                                view_chunk=e.eval_chunk, **common)
 
     def make_loader(self, dataset: Dataset, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader:
         from ..data import collate_clips

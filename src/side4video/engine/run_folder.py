@@ -44,7 +44,8 @@ RESUMABLE = frozenset({
     "optim.weight_decay", "optim.betas", "optim.eps", "optim.clip_grad", "optim.label_smoothing",
     "optim.mixup_alpha",
     # evaluation and logging
-    "eval.eval_every", "eval.test_crops", "eval.test_clips", "eval.test_short_side", "eval.eval_batch_size",
+    "eval.eval_every", "eval.test_crops", "eval.test_clips", "eval.test_resize", "eval.test_segment_position",
+    "eval.eval_batch_size",
     "eval.eval_chunk", "eval.confusion_matrix", "eval.sim_chunk", "eval.dsl", "data.val_split",
     "run.log_every", "run.tensorboard",
     # runtime, and where files are

@@ -228,10 +228,12 @@ def make_model(cfg: TrainConfig, pretrained: bool = True) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the model's parameter groups: ``lr`` and, for CLIP's own parts of retrieval models,
-    ``lr_clip`` (see ``optim.param_groups``)."""
+    """AdamW over the model's parameter groups: ``lr``; ``lr * backbone_lr_mult`` for the trained parts inside
+    the backbone; ``lr_clip`` for CLIP's own parts of retrieval models; weight decay except on the
+    ``no_decay`` categories (see ``optim.param_groups``)."""
     o = cfg.optim
-    return build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, group_lrs={"clip": o.lr_clip})
+    rates = {"clip": o.lr_clip, "backbone": o.lr * o.backbone_lr_mult}
+    return build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, group_lrs=rates, no_decay=o.no_decay)
 
 
 def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_set: Dataset | None) -> Run:
@@ -274,7 +276,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, train_set: Dataset | None, val_s
     steps_per_epoch = math.ceil(len(train_loader) / o.grad_accum)
     total_steps = steps_per_epoch * o.epochs
     warmup_steps = min(round(o.warmup_epochs * steps_per_epoch), total_steps)
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, o.min_lr_ratio)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, o.min_lr_ratio, o.warmup_start, o.cosine)
     amp_dtype = getattr(torch, o.amp_dtype)
     use_amp = o.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)

@@ -40,10 +40,14 @@ class FrameMeanClassifier(VideoModel):
 
     Subclasses decide what trains and how the ViT is modified (adapters at its injection points,
     another attention layer ...); ``grad_checkpointing`` in their config recomputes ViT blocks.
+    ``norm_after_mean``: ``ln_post`` of the frame-averaged [CLS] instead (ST-Adapter's released head).
     """
 
-    def __init__(self, cfg: ClassifierConfig, backbone: VisionTransformer | None, **kw) -> None:
+    def __init__(
+        self, cfg: ClassifierConfig, backbone: VisionTransformer | None, norm_after_mean: bool = False, **kw
+    ) -> None:
         super().__init__(cfg, backbone, **kw)
+        self.norm_after_mean = norm_after_mean
         self.head = FrameMeanHead(self.backbone.width, cfg.num_classes, cfg.dropout)
         self.set_grad_checkpointing(getattr(cfg, "grad_checkpointing", False))
 
@@ -51,8 +55,10 @@ class FrameMeanClassifier(VideoModel):
         """Frame-averaged ``ln_post([CLS])``: ``(B, 3, T, H, W) -> (B, D)``."""
         t = video.shape[2]
         tokens = self.run_backbone(self.backbone.forward_features, fold_frames(video), t)  # (B*T, 1+N, D)
-        cls = self.backbone.ln_post(tokens[:, 0])  # (B*T, D)
-        return unfold_frames(cls, t).mean(dim=1)  # (B, D)
+        cls = unfold_frames(tokens[:, 0], t)  # (B, T, D)
+        if self.norm_after_mean:
+            return self.backbone.ln_post(cls.mean(dim=1))  # (B, D)
+        return self.backbone.ln_post(cls).mean(dim=1)  # (B, D)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(video))

@@ -92,6 +92,12 @@ class VideoModel(nn.Module):
         """Names of trainable parameters the optimiser must not decay, beyond its own rule."""
         return set()
 
+    def lr_group(self, name: str) -> str:
+        """The learning-rate group of parameter ``name``: ``"backbone"`` for the trainable parts inside the
+        backbone (adapters, temporal embedding, ``ln_post``; ``backbone_lr_mult`` scales their rate), else
+        ``"default"``."""
+        return "backbone" if name.startswith("backbone.") else "default"
+
     def train(self, mode: bool = True) -> VideoModel:
         super().train(mode)
         if self.no_grad_backbone:

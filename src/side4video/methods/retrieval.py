@@ -1,17 +1,20 @@
 """Text-video retrieval: Side4Video (side network + token-wise matching) and frozen CLIP4Clip.
 
-Side4Video (paper eq. 4): the side network's output is averaged over patches per frame, lifted
-back to the ViT width by ``U_p`` (zero-initialised, so training starts from CLIP itself), added
-to the ViT's last-layer [CLS], then CLIP's ``ln_post`` and ``proj`` give T frame embeddings::
+Side4Video (paper eq. 4): the side network's output is normalised by a BatchNorm3d (the authors'
+code; ``post_bn``), averaged over patches per frame, lifted back to the ViT width by ``U_p``
+(zero-initialised, so training starts from CLIP itself), added to the ViT's last-layer [CLS], then
+CLIP's ``ln_post`` and ``proj`` (frozen for OpenAI CLIP, as released) give T frame embeddings::
 
-    s_final = proj(ln_post(U_p(mean_n s_out) + Z_cls))               (B, T, E)
+    s_final = proj(ln_post(U_p(mean_n BN(s_out)) + Z_cls))           (B, T, E)
 
 Text tokens (every non-pad position after ``ln_final`` and ``text_projection``) are matched with
 the frames token-wise (DRL / FILIP): with L2-normalised tokens ``t_i`` and frames ``f_j``,
 
-    t2v = sum_i softmax_i(w_text(t_i)) max_j <t_i, f_j>
-    v2t = sum_j softmax_j(w_frame(f_j)) max_i <t_i, f_j>
+    t2v = sum_i softmax_i(w_text(t_i)) max_j <t_i, f_j>               (i over the real tokens)
+    v2t = sum_j softmax_j(w_frame(f_j)) max_i <t_i, f_j>              (i over all positions, a pad scoring 0)
     logit = (t2v + v2t) / 2 * exp(logit_scale)
+
+with ``w_text`` / ``w_frame`` = Linear(E, E) -> ReLU -> Linear(E, 1), initialised N(0, 0.02).
 
 trained with a symmetric InfoNCE loss over the (globally gathered, under DDP) batch: the loss lives
 with the retrieval task (``engine/retrieval.py``), the models only embed and score.
@@ -28,6 +31,7 @@ temperature), ``logit_scale`` (CLIP's learned temperature, log scale) and
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +67,15 @@ class TextVideoConfig(VideoConfig):
 
 @dataclass(frozen=True)
 class RetrievalConfig(TextVideoConfig, SideConfig):
-    """Side4Video for text-video retrieval: the side network, ``U_p`` and token-wise matching."""
+    """Side4Video for text-video retrieval: the side network, ``U_p`` and token-wise matching.
 
-    matching_hidden: int = 2  # hidden width of the token-weight MLPs, in multiples of the embed dim
+    Defaults follow the authors' released code; the other choices stay available."""
+
+    post_bn: bool = True  # BatchNorm3d on the side output before the per-frame mean (released; paper eq. 4: none)
+    train_projection: bool = False  # ln_post / proj trained (released: EVA-CLIP only; paper text: always)
+    matching_hidden: int = 1  # hidden width of the token-weight MLPs, in multiples of the embed dim (released: 1)
+    matching_init: Literal["normal", "uniform"] = "normal"  # N(0, 0.02) (released) / last layer zero: equal weights
+    pad_tokens: Literal["zero", "exclude"] = "zero"  # padded positions: similarity 0, in the max (released) / left out
 
 
 @dataclass(frozen=True)
@@ -76,20 +86,33 @@ class Clip4ClipConfig(TextVideoConfig):
     train_backbone: bool = False
 
 
-def _weight_mlp(dim: int, hidden: int) -> nn.Sequential:
+def _weight_mlp(dim: int, hidden: int, init: str) -> nn.Sequential:
+    """Linear -> ReLU -> Linear(1): one weight logit per token or frame."""
     mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-    nn.init.zeros_(mlp[2].weight)  # uniform token / frame weights at the start
-    nn.init.zeros_(mlp[2].bias)
+    for layer in (mlp[0], mlp[2]):
+        nn.init.zeros_(layer.bias)
+        if init == "normal":
+            nn.init.normal_(layer.weight, std=0.02)
+    if init == "uniform":
+        nn.init.zeros_(mlp[2].weight)  # equal token / frame weights at the start
     return mlp
 
 
 class TokenWiseMatching(nn.Module):
-    """Weighted token-wise max-similarity between text tokens and frames (DRL-style)."""
+    """Weighted token-wise max-similarity between text tokens and frames (DRL-style).
 
-    def __init__(self, dim: int, hidden_ratio: int = 2) -> None:
+    ``pad_tokens="zero"`` (the authors' code): the similarities are multiplied by the text mask, so a
+    padded position scores 0 and takes part in each frame's max over tokens; ``"exclude"``: it is left out.
+    """
+
+    def __init__(self, dim: int, hidden_ratio: int = 1, init: str = "normal", pad_tokens: str = "zero") -> None:
         super().__init__()
-        self.text_weight = _weight_mlp(dim, hidden_ratio * dim)
-        self.frame_weight = _weight_mlp(dim, hidden_ratio * dim)
+        if init not in ("normal", "uniform") or pad_tokens not in ("zero", "exclude"):
+            raise ValueError(f"matching_init must be normal or uniform and pad_tokens zero or exclude, got "
+                             f"{init!r}, {pad_tokens!r}")
+        self.text_weight = _weight_mlp(dim, hidden_ratio * dim, init)
+        self.frame_weight = _weight_mlp(dim, hidden_ratio * dim, init)
+        self.pad_tokens = pad_tokens
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Similarity ``(Nt, Nv)`` of ``text (Nt, L, E)`` with ``mask (Nt, L)`` (true on real tokens)
@@ -99,9 +122,10 @@ class TokenWiseMatching(nn.Module):
         w_frame = self.frame_weight(frames).squeeze(-1).softmax(-1)  # (Nv, T)
         text, frames = F.normalize(text, dim=-1), F.normalize(frames, dim=-1)
         sim = torch.einsum("ald,vtd->avlt", text, frames)  # (Nt, Nv, L, T)
-        t2v = (sim.amax(dim=3) * w_text[:, None]).sum(-1)  # (Nt, Nv); pad tokens have weight 0
-        best_token = sim.masked_fill(~mask[:, None, :, None], float("-inf")).amax(dim=2)  # (Nt, Nv, T)
-        v2t = (best_token * w_frame[None]).sum(-1)  # (Nt, Nv)
+        pad = ~mask[:, None, :, None]  # (Nt, 1, L, 1)
+        sim = sim.masked_fill(pad, 0.0 if self.pad_tokens == "zero" else float("-inf"))
+        t2v = (sim.amax(dim=3).nan_to_num(neginf=0.0) * w_text[:, None]).sum(-1)  # (Nt, Nv); pads weigh 0
+        v2t = (sim.amax(dim=2) * w_frame[None]).sum(-1)  # (Nt, Nv)
         return 0.5 * (t2v + v2t)
 
 
@@ -153,7 +177,8 @@ class TextVideoModel(VideoModel):
 
 
 class Side4VideoRetrieval(TextVideoModel, SideModel):
-    """Side4Video retrieval model: ``up`` is ``U_p``; the ViT's ``ln_post`` and ``proj`` are trained."""
+    """Side4Video retrieval model: ``up`` is ``U_p``; ``post_bn`` normalises the side output; the ViT's
+    ``ln_post`` and ``proj`` are trained only with ``train_projection``."""
 
     def __init__(
         self,
@@ -166,17 +191,21 @@ class Side4VideoRetrieval(TextVideoModel, SideModel):
         if self.side.taps[-1] != vit.cfg.layers - 1:
             raise ValueError(f"the side network must read the ViT's last layer; taps are {self.side.taps}")
         self._attach_text(text)
-        for p in (*vit.ln_post.parameters(), vit.proj, vit.proj_bias):
-            if p is not None:
-                p.requires_grad_(True)
+        if cfg.train_projection:
+            for p in (*vit.ln_post.parameters(), vit.proj, vit.proj_bias):
+                if p is not None:
+                    p.requires_grad_(True)
+        self.post_bn = nn.BatchNorm3d(cfg.side_width) if cfg.post_bn else None
         self.up = nn.Linear(cfg.side_width, vit.cfg.width, bias=False)  # U_p
         nn.init.zeros_(self.up.weight)  # s_final starts as CLIP's image embedding of each frame
-        self.matching = TokenWiseMatching(vit.cfg.output_dim, cfg.matching_hidden)
+        self.matching = TokenWiseMatching(vit.cfg.output_dim, cfg.matching_hidden, cfg.matching_init, cfg.pad_tokens)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Frame embeddings ``(B, T, E)`` of a normalised clip ``(B, 3, T, H, W)``."""
         feats = self.backbone_features(video)
         side = self.side(video, feats)  # (B, T, N, d)
+        if self.post_bn is not None:
+            side = self.post_bn(side.permute(0, 3, 1, 2).unsqueeze(-1)).squeeze(-1).permute(0, 2, 3, 1)  # BN3d
         cls = unfold_frames(feats[-1][:, 0], video.shape[2]).to(side.dtype)  # (B, T, D): last-layer [CLS]
         x = self.up(side.mean(dim=2)) + cls  # (B, T, D)
         return self.backbone.project(self.backbone.ln_post(x))  # (B, T, E)

@@ -4,18 +4,24 @@ The ViT runs under ``torch.no_grad()``: none of its activations are kept for bac
 gradient flows through it. A light network of ``l`` blocks of width ``d`` reads the ViT's
 intermediate tokens (multi-level features) and alone is trained.
 
-Layout of the side network (channel-last throughout, ``x`` is ``(B, T, N, d)``)::
+Layout of the side network as the authors' released code computes it (channel-last throughout,
+``x`` is ``(B, T, N, d)``)::
 
     s_0     = BN3d(Conv3d_(3,p,p)(video))                       stem, no [CLS]
     z_k     = Linear_D->d(LN_D(Z^{tap k}))                      down-projection of ViT layer tap_k
-    s_in    = s_out + z_k[patches]      (or 0.5 s_out + 0.5 z)  fusion on patch tokens
+    s_in    = 0.5 s_out + 0.5 z_k[patches]                      fusion on patch tokens (paper eq. 2: sum)
     x       = x + PW2(DW_t(PW1(BN3d(x))))                        temporal: depthwise-separable conv
-    x       = x + Attn(q=LN(x)+pos, kv=[shift(z_k[cls]); LN(x)+pos])   [CLS]-shift attention
+    h       = LN([shift(z_k[cls]); x + pos])                     one LayerNorm over 1 + N tokens
+    x       = x + Attn(q=h[patches], kv=h)                       [CLS]-shift attention
     x       = x + MLP(BN3d(x))
     logits  = Linear(dropout(GAP_{T,H,W}(BN3d(x))))
 
-The post-norm variant (EVA-CLIP E/14) moves each norm after its part (``x + BN(conv(x))``,
-``x + LN(attn(x))``, ``x + BN(mlp(x))``) and checkpoints each part's activations.
+Paper-text variants are options: ``fusion="sum"``; ``cls_attn_norm="paper"`` (queries and keys
+``LN(x) + pos``, the shifted [CLS] un-normalised). The post-norm variant (the EVA-CLIP E/14 code)
+moves each norm after its part (``x + BN(conv(x))``, ``x + LN(attn([cls; x + pos]))``,
+``x + BN(mlp(x))``), projects down with ``LN_d(Linear(Z))`` (``down_norm="post"``), pools without
+BN (``head_norm=False``) and checkpoints each part's activations. Initialisation follows the
+released code of each variant (:meth:`SideNetwork.reset_parameters`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class SideConfig(VideoConfig):
     head_width: int = 64  # attention heads = side_width // head_width
     mlp_ratio: float = 4.0
     taps: Literal["interval", "top"] = "interval"  # which ViT layers feed a shallower side network
-    fusion: Literal["sum", "avg"] = "sum"  # paper eq. (2): sum; authors' code: 0.5/0.5 average
+    fusion: Literal["sum", "avg"] = "avg"  # released code: 0.5/0.5 average; paper eq. (2): sum
+    cls_attn_norm: Literal["released", "paper"] = "released"  # LN([cls; x + pos]) / LN(x) + pos, raw cls
     down_norm: Literal["pre", "post"] = "pre"  # paper: Linear(LN(Z)); EVA code: LN(Linear(Z))
     cls_shift: bool = True
     post_norm: bool = False  # E/14 variant
@@ -51,6 +58,9 @@ class SideConfig(VideoConfig):
 @dataclass(frozen=True)
 class Side4VideoConfig(SideConfig, ClassifierConfig):
     """Side4Video for recognition: the side network and a classifier head."""
+
+    dropout: float = 0.0  # before the classifier's Linear: drop_fc 0 in every released config
+    head_norm: bool = True  # BN3d before pooling (the released E/14 code has none)
 
 
 def tap_indices(side_layers: int, vit_layers: int, mode: str = "interval") -> list[int]:
@@ -135,9 +145,15 @@ class SideMlp(nn.Module):
 class SideBlock(nn.Module):
     """Temporal conv, [CLS]-shift attention and MLP, each a residual part (pre- or post-norm)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, post_norm: bool, checkpoint_parts: bool):
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, post_norm: bool, checkpoint_parts: bool,
+        cls_attn_norm: str = "released",
+    ) -> None:
         super().__init__()
+        if cls_attn_norm not in ("released", "paper"):
+            raise ValueError(f"cls_attn_norm must be 'released' or 'paper', got {cls_attn_norm!r}")
         self.post_norm = post_norm
+        self.cls_attn_norm = cls_attn_norm
         self.checkpoint_parts = checkpoint_parts
         self.norm_temporal = ChannelBatchNorm(width)
         self.temporal = TemporalConv(width)
@@ -153,9 +169,15 @@ class SideBlock(nn.Module):
 
     def _attention(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         b, t, n, d = x.shape
-        h = x if self.post_norm else self.norm_attn(x)
-        h = (h + pos).reshape(b * t, n, d)  # (B*T, N, d)
-        h = self.attn(h, cls.reshape(b * t, 1, d)).view(b, t, n, d)
+        cls = cls[:, :, None]  # (B, T, 1, d)
+        if self.post_norm:  # queries x + pos, keys/values [cls; x + pos], LN after
+            h = torch.cat([cls, x + pos], dim=2)
+        elif self.cls_attn_norm == "released":  # one LN over [cls; x + pos]
+            h = self.norm_attn(torch.cat([cls, x + pos], dim=2))
+        else:  # paper text: LN(x) + pos, the shifted cls as it comes
+            h = torch.cat([cls, self.norm_attn(x) + pos], dim=2)
+        h = h.reshape(b * t, 1 + n, d)  # (B*T, 1+N, d)
+        h = self.attn(h[:, 1:], h[:, :1]).view(b, t, n, d)
         return self.norm_attn(h) if self.post_norm else h
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,27 +213,17 @@ class DownProjection(nn.Module):
 
 
 class RecognitionHead(nn.Module):
-    """BN3d -> global average pool over T*H*W -> dropout -> Linear."""
+    """BN3d (or none) -> global average pool over T*H*W -> dropout -> Linear (PyTorch's default init)."""
 
-    def __init__(self, width: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, width: int, num_classes: int, dropout: float, norm: bool = True) -> None:
         super().__init__()
-        self.norm = ChannelBatchNorm(width)
+        self.norm = ChannelBatchNorm(width) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x).mean(dim=(1, 2))  # (B, T, N, d) -> (B, d)
         return self.fc(self.dropout(x))
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, Attention):
-        nn.init.trunc_normal_(module.in_proj_weight, std=0.02)
-        nn.init.zeros_(module.in_proj_bias)
 
 
 class SideNetwork(nn.Module):
@@ -228,16 +240,46 @@ class SideNetwork(nn.Module):
             raise ValueError(f"side width {d} is not a multiple of the head width {cfg.head_width}")
         self.fusion = cfg.fusion
         self.cls_shift = cfg.cls_shift
+        self.post_norm = cfg.post_norm
         self.taps = tap_indices(cfg.side_layers, vit.layers, cfg.taps)
         self.stem = nn.Conv3d(3, d, kernel_size=(3, p, p), stride=(1, p, p), padding=(1, 0, 0))
         self.stem_norm = nn.BatchNorm3d(d)
         self.down = nn.ModuleList(DownProjection(vit.width, d, cfg.down_norm) for _ in self.taps)
-        self.pos_embed = nn.Parameter(torch.randn(vit.num_patches, d) * 0.01)  # shared by all blocks
+        self.pos_embed = nn.Parameter(torch.empty(vit.num_patches, d))  # shared by all blocks
         self.blocks = nn.ModuleList(
-            SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts)
+            SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts, cfg.cls_attn_norm)
             for _ in self.taps
         )
-        self.apply(_init_weights)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The released code's initialisation.
+
+        CLIP code (pre-norm): attention in_proj N(0, d^-1/2), out_proj and MLP fc2 N(0, d^-1/2 24^-1/2),
+        MLP fc1 and the down-projection N(0, (2d)^-1/2), attention biases zero, position embedding
+        N(0, 0.01). EVA code (post-norm): PyTorch's defaults everywhere, position embedding N(0, 0.02).
+        Norms start at 1 / 0; everything else (convolutions, other biases) keeps PyTorch's defaults.
+        """
+        d = self.pos_embed.shape[1]
+        nn.init.normal_(self.pos_embed, std=0.02 if self.post_norm else 0.01)
+        for block in self.blocks:
+            attn = block.attn
+            if self.post_norm:  # separate q, k, v Linears with PyTorch's default init, packed
+                bound = d**-0.5
+                nn.init.uniform_(attn.in_proj_weight, -bound, bound)
+                nn.init.uniform_(attn.in_proj_bias, -bound, bound)
+                continue
+            proj_std = d**-0.5 * 24**-0.5
+            nn.init.normal_(attn.in_proj_weight, std=d**-0.5)
+            nn.init.zeros_(attn.in_proj_bias)
+            nn.init.normal_(attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(attn.out_proj.bias)
+            nn.init.normal_(block.mlp.fc1.weight, std=(2 * d) ** -0.5)
+            nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+        if not self.post_norm:
+            for down in self.down:
+                nn.init.normal_(down.proj.weight, std=(2 * d) ** -0.5)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for block in self.blocks:
@@ -279,8 +321,7 @@ class Side4Video(SideModel):
 
     def __init__(self, cfg: Side4VideoConfig, backbone: VisionTransformer | None = None) -> None:
         super().__init__(cfg, backbone)
-        self.head = RecognitionHead(cfg.side_width, cfg.num_classes, cfg.dropout)
-        self.head.apply(_init_weights)
+        self.head = RecognitionHead(cfg.side_width, cfg.num_classes, cfg.dropout, cfg.head_norm)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Side tokens ``(B, T, N, d)``."""

@@ -1,14 +1,17 @@
 """ST-Adapter: depthwise 3D-convolution bottlenecks on the residual stream of a frozen ViT.
 
-Each adapter sits on the residual stream before a block's LayerNorm (before MHSA, and
-optionally before the MLP too) and acts on patch tokens only; [CLS] passes through::
+Each adapter sits on the residual stream before a block's LayerNorm (before the MLP: the
+released K400 model; before MHSA: the paper's default; or both: the released SSv2 model) and acts
+on patch tokens only; [CLS] passes through::
 
     x[patches] = x[patches] + Up(act(DWConv3d(Down(x[patches]))))     tokens as (B, C, T, h, w)
 
+``act`` is the identity in the released code (the paper writes GELU: ``activation="gelu"``).
 The conv weight and bias and both Linear biases start at zero, so every adapter is the
 identity at initialisation. The ViT (all norms, embeddings, ``ln_post``) is frozen but stays in
 the autograd graph: gradients flow through it to the adapters below, which is this method's
-memory cost. Head: mean of per-frame ``ln_post([CLS])`` -> dropout -> Linear.
+memory cost. Head (released code): ``ln_post`` of the frame-averaged [CLS] -> dropout -> Linear
+(``pool="norm_then_mean"``: the mean of per-frame ``ln_post([CLS])``).
 """
 
 from __future__ import annotations
@@ -67,25 +70,31 @@ class STAdapter(nn.Module):
 class STAdapterConfig(ClassifierConfig):
     bottleneck: int = 384
     kernel: tuple[int, int, int] = (3, 1, 1)  # both released models; the paper's ablation default is 3x3x3
-    activation: Literal["gelu", "none"] = "gelu"  # paper: GELU after the conv; released code: none
-    placement: Literal["attn", "attn+mlp"] = "attn"  # before MHSA (paper default) / also before the MLP
+    activation: Literal["gelu", "none"] = "none"  # released code: none; paper: GELU after the conv
+    # Before the MLP (released K400 model), before MHSA (paper default) or both (released SSv2 model).
+    placement: Literal["mlp", "attn", "attn+mlp"] = "mlp"
+    pool: Literal["mean_then_norm", "norm_then_mean"] = "mean_then_norm"  # released: ln_post(mean_t CLS)
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel", tuple(self.kernel))  # JSON gives a list
-        if self.placement not in ("attn", "attn+mlp"):
-            raise ValueError(f"STAdapterConfig.placement must be 'attn' or 'attn+mlp', got {self.placement!r}")
+        if self.placement not in ("mlp", "attn", "attn+mlp"):
+            raise ValueError(
+                f"STAdapterConfig.placement must be 'mlp', 'attn' or 'attn+mlp', got {self.placement!r}"
+            )
 
 
 class STAdapterModel(FrameMeanClassifier):
     """Frozen CLIP ViT with ST-Adapters; only the adapters and the head train."""
 
     def __init__(self, cfg: STAdapterConfig, backbone: VisionTransformer | None = None) -> None:
-        super().__init__(cfg, backbone, frozen=True)  # frozen, but gradients flow through it
+        # frozen, but gradients flow through it
+        super().__init__(cfg, backbone, norm_after_mean=cfg.pool == "mean_then_norm", frozen=True)
         vit = self.backbone
         for block in vit.blocks:
-            block.stream_pre_attn = self._adapter(cfg, vit.width)
-            if cfg.placement == "attn+mlp":
+            if cfg.placement in ("attn", "attn+mlp"):
+                block.stream_pre_attn = self._adapter(cfg, vit.width)
+            if cfg.placement in ("mlp", "attn+mlp"):
                 block.stream_pre_mlp = self._adapter(cfg, vit.width)
 
     @staticmethod
