@@ -28,9 +28,9 @@ def decode_once(monkeypatch):
 
     original, cache = dataset_module.video_frame_source, {}
 
-    def cached(path: str):
+    def cached(path: str, **kwargs):
         if path not in cache:
-            n, read = original(path)
+            n, read = original(path, **kwargs)
             cache[path] = read(np.arange(n))  # (N, H, W, 3)
         frames = cache[path]
         return len(frames), lambda indices: frames[np.asarray(indices)]

@@ -179,7 +179,8 @@ def video_dataset(cfg: TrainConfig, paths: Sequence[str]) -> VideoOnlyDataset:
 
     augment = AugmentConfig(**cfg.data.augment)
     return VideoOnlyDataset(paths, None, num_frames=cfg.model.frames, image_size=cfg.model.image_size, train=False,
-                            test_position=cfg.eval.test_segment_position, mean=augment.mean, std=augment.std)
+                            test_position=cfg.eval.test_segment_position, decode_short_side=cfg.data.decode_short_side,
+                            mean=augment.mean, std=augment.std)
 
 
 @torch.no_grad()

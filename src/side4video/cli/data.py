@@ -1,4 +1,5 @@
-"""``side4video check-data``: decode every video of a list and report problems."""
+"""``side4video check-data``: decode every video of a list, report problems and warn about untrustworthy
+metadata."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="labels must lie in [0, N) (default: not checked)")
     p.add_argument("--frames-template", default="img_{:05d}.jpg",
                    help="file names in frame folders (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
+    p.add_argument("--quick", action="store_true", help="index the demuxed packets only, do not decode every frame")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 

@@ -11,8 +11,9 @@ from .caption_files import (
     read_msvd,
     read_vatex,
 )
-from .check import DataReport, Problem, check_data, format_report
+from .check import DataReport, DataWarning, Problem, check_data, format_report
 from .dataset import BadSample, PolicyDataset, VideoClipDataset, collate_clips, collate_samples
+from .frame_index import FrameIndex, FrameIndexCache
 from .lists import ListFormatError, VideoRecord, parse_annotation_list, read_annotation_list, read_label_names
 from .randaugment import RandAugment
 from .sampling import dense_indices, sample_indices, segment_indices
@@ -46,6 +47,9 @@ __all__ = [
     "CaptionedSplit",
     "CaptionedSynthetic",
     "DataReport",
+    "DataWarning",
+    "FrameIndex",
+    "FrameIndexCache",
     "ListFormatError",
     "PolicyDataset",
     "Problem",

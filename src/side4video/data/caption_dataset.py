@@ -29,7 +29,7 @@ from .caption_files import CaptionedSplit
 from .dataset import BadSample, BadSamplePolicy, PolicyDataset, collate_samples
 from .sampling import segment_indices
 from .transforms import CLIP_MEAN, CLIP_STD, eval_views
-from .video import video_frame_source
+from .video import check_decode_short_side, video_frame_source
 
 # Tried, in this order, when a listed video is not found with its own extension.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -52,6 +52,7 @@ class VideoOnlyDataset(PolicyDataset):
     ``test_position`` of each (0.5: the centres; 0: the starts, as Side4Video's retrieval code). The
     short side is resized to ``short_side`` (default ``image_size``) and the centre crop kept; training
     flips it horizontally with probability ``flip`` (default 0: a caption may say "left" or "right").
+    ``decode_short_side``: frames are decoded already resized so that their short side is this.
     """
 
     policies = ("skip", "fail")
@@ -66,6 +67,7 @@ class VideoOnlyDataset(PolicyDataset):
         train: bool = False,
         flip: float = 0.0,
         short_side: int | None = None,
+        decode_short_side: int | None = None,
         test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         seed: int = 0,
@@ -83,6 +85,7 @@ class VideoOnlyDataset(PolicyDataset):
         self.train = train
         self.flip = flip
         self.short_side = short_side
+        self.decode_short_side = check_decode_short_side(decode_short_side, image_size)
         self.test_position = test_position
         self.extensions = tuple(extensions)
         self.mean, self.std = mean, std
@@ -96,7 +99,7 @@ class VideoOnlyDataset(PolicyDataset):
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The clip of video ``index``, drawing its randomness from ``rng``; raises ``VideoReadError``."""
         path = self.path(index)
-        n, read = video_frame_source(path)
+        n, read = video_frame_source(path, short_side=self.decode_short_side)
         indices = segment_indices(n, self.num_frames, train=self.train, rng=rng, test_position=self.test_position)
         frames = read(indices)  # (T, H, W, 3) uint8
         norm = dict(mean=self.mean, std=self.std)
@@ -134,6 +137,7 @@ class CaptionDataset(PolicyDataset):
         train: bool,
         flip: float = 0.0,
         short_side: int | None = None,
+        decode_short_side: int | None = None,
         test_position: float = 0.5,
         bad_sample_policy: BadSamplePolicy = "skip",
         max_resample: int = 10,
@@ -146,8 +150,8 @@ class CaptionDataset(PolicyDataset):
         self.ids, self.mask = tokenizer.tokenize(split.captions, context_length=text_length)  # (N, L) each
         policy = "fail" if bad_sample_policy == "fail" else "skip"  # the videos' own policy
         clip = dict(num_frames=num_frames, image_size=image_size, short_side=short_side, seed=seed,
-                    test_position=test_position,
-                    extensions=extensions, mean=mean, std=std, bad_sample_policy=policy)
+                    decode_short_side=decode_short_side, test_position=test_position, extensions=extensions,
+                    mean=mean, std=std, bad_sample_policy=policy)  # fmt: skip
         self.clips = VideoOnlyDataset(split.videos, video_root, train=train, flip=flip, **clip)
         self.eval_videos = VideoOnlyDataset(split.videos, video_root, **clip)
         super().__init__(seed=seed, bad_sample_policy=bad_sample_policy, max_resample=max_resample)

@@ -2,7 +2,11 @@
 missing, empty, undecodable or too-short videos, each reported with its list file and line number.
 
 Every entry (line that is not blank or a comment) is either ok or has exactly one problem, so the
-summary's counts add up: entries = ok + problems."""
+summary's counts add up: entries = ok + problems.
+
+Videos that are read correctly but whose metadata cannot be trusted are reported as warnings: a header
+frame count that differs from the frames the stream holds or decodes to, missing, repeated or
+non-increasing timestamps, a variable frame rate, packets that disagree with a decode of the file."""
 
 from __future__ import annotations
 
@@ -11,11 +15,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+import av
 from PIL import Image
 from tqdm import tqdm
 
+from .frame_index import (
+    Anomaly,
+    AnomalyKind,
+    VideoReadError,
+    default_cache,
+    frame_index,
+    index_from_decode,
+    open_video,
+)
 from .lists import ListKind, VideoRecord, parse_annotation_list
-from .video import VideoReadError, count_frames, header_frame_count
 
 ProblemKind = Literal["malformed", "duplicate", "missing", "empty", "undecodable", "too_short"]
 
@@ -28,6 +41,14 @@ class Problem:
     reason: str
 
 
+@dataclass(frozen=True)
+class DataWarning:
+    kind: AnomalyKind
+    line: int  # 1-based line of the list file
+    path: str
+    reason: str
+
+
 @dataclass
 class DataReport:
     list_file: str
@@ -36,6 +57,7 @@ class DataReport:
     num_entries: int = 0  # every entry of the list, malformed ones included
     num_ok: int = 0
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[DataWarning] = field(default_factory=list)  # usable videos with untrustworthy metadata
 
     @property
     def ok(self) -> bool:
@@ -46,15 +68,33 @@ class DataReport:
         return dict(Counter(p.kind for p in self.problems))
 
 
-def _frame_count(record: VideoRecord, path: str, template: str, decode: bool) -> int:
-    """Frames a video really has; raises ``VideoReadError`` for missing, empty or undecodable ones."""
+def _video_frame_count(path: str, decode: bool) -> tuple[int, list[Anomaly]]:
+    """Frames of a video file and its anomalies: from its frame index, or with ``decode`` from a full
+    decode, compared with the index (a disagreeing index is replaced by the decode in the cache)."""
+    cache = default_cache()
+    index = frame_index(path, cache)
+    if not decode or index.source == "decode":  # (a decode index comes from decoding every frame)
+        return index.count, list(index.anomalies)
+    try:
+        with open_video(path) as container:
+            decoded = index_from_decode(container)
+    except av.error.FFmpegError as e:
+        raise VideoReadError(path, f"undecodable: {e}") from e
+    anomalies = list(decoded.anomalies)
+    anomalies += [a for a in index.anomalies if a.kind == "timestamps" and a not in anomalies]
+    if index.source == "packets" and index.count != decoded.count:
+        reason = f"the packets announce {index.count} frames, decoding yields {decoded.count}"
+        anomalies.append(Anomaly("frame_count", reason))
+    if index.source == "packets" and (index.count, index.pts) != (decoded.count, decoded.pts):
+        cache.put(cache.key(path), decoded)
+    return decoded.count, anomalies
+
+
+def _frame_count(record: VideoRecord, path: str, template: str, decode: bool) -> tuple[int, list[Anomaly]]:
+    """Frames a video really has and its anomalies; raises ``VideoReadError`` for missing, empty or
+    undecodable ones."""
     if record.num_frames is None:
-        n = count_frames(path, decode=decode)
-        header = header_frame_count(path) if decode else None
-        if header is not None and n < header:
-            reason = f"truncated: the header says {header} frames, {n} decode"
-            raise VideoReadError(path, reason, "undecodable")
-        return n
+        return _video_frame_count(path, decode)
     if not os.path.isdir(path):
         raise VideoReadError(path, "missing frame folder", "missing")
     for i in range(1, record.num_frames + 1):
@@ -67,7 +107,7 @@ def _frame_count(record: VideoRecord, path: str, template: str, decode: bool) ->
                     img.load()
             except OSError as e:
                 raise VideoReadError(path, f"undecodable frame {os.path.basename(file)}: {e}") from e
-    return record.num_frames
+    return record.num_frames, []
 
 
 def check_data(
@@ -83,9 +123,9 @@ def check_data(
 ) -> DataReport:
     """Read every entry of ``list_file``; a video with fewer than ``num_frames`` frames is too short.
 
-    ``decode`` decodes every frame (slow, thorough); without it, video files are only opened and their
-    header's frame count used, and frame folders only checked for their files. With ``num_classes``, a
-    label outside ``[0, num_classes)`` is a malformed line.
+    ``decode`` decodes every frame (slow, thorough) and checks the decode against the frame index; without
+    it, video files are only indexed from their packets, and frame folders only checked for their files.
+    With ``num_classes``, a label outside ``[0, num_classes)`` is a malformed line.
 
     A video listed a second time (same path, after normalisation) is a ``duplicate`` problem on the later
     line and is not read again. A ``data_root`` that is not a directory raises ``FileNotFoundError``
@@ -107,7 +147,8 @@ def check_data(
             report.problems.append(Problem("duplicate", record.line, path, f"also listed on line {first.line}{clash}"))
             continue
         try:
-            n = _frame_count(record, path, frames_template, decode)
+            n, anomalies = _frame_count(record, path, frames_template, decode)
+            report.warnings.extend(DataWarning(a.kind, record.line, path, a.reason) for a in anomalies)
             if n == 0:
                 raise VideoReadError(path, "empty: 0 frames", "empty")
             if n < num_frames:
@@ -116,16 +157,19 @@ def check_data(
         except VideoReadError as e:
             report.problems.append(Problem(e.kind, record.line, path, e.reason))
     report.problems.sort(key=lambda p: p.line)
+    report.warnings.sort(key=lambda w: w.line)
     return report
 
 
 def format_report(report: DataReport, max_problems: int = 50) -> str:
-    """Human-readable summary followed by one ``list:line: kind: reason`` row per problem."""
+    """Human-readable summary followed by one ``list:line: kind: reason`` row per problem, then one
+    ``list:line: warning (kind): reason`` row per warning."""
     counts = report.counts()
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "none"
     lines = [
         f"{report.list_file}: {report.num_entries} entries, {report.num_ok} ok, "
-        f"{len(report.problems)} problem(s) ({kinds}); {report.num_frames} frames needed",
+        f"{len(report.problems)} problem(s) ({kinds}), {len(report.warnings)} warning(s); "
+        f"{report.num_frames} frames needed",
     ]
     readable = report.num_entries - counts.get("malformed", 0) - counts.get("duplicate", 0)
     if readable > 1 and counts.get("missing", 0) == readable:
@@ -136,4 +180,8 @@ def format_report(report: DataReport, max_problems: int = 50) -> str:
         lines.append(f"  {report.list_file}:{p.line}: {p.kind}: {where}")
     if len(report.problems) > max_problems:
         lines.append(f"  ... {len(report.problems) - max_problems} more")
+    for w in report.warnings[:max_problems]:
+        lines.append(f"  {report.list_file}:{w.line}: warning ({w.kind}): {w.path}: {w.reason}")
+    if len(report.warnings) > max_problems:
+        lines.append(f"  ... {len(report.warnings) - max_problems} more warnings")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from .lists import ListKind, VideoRecord, read_annotation_list
 from .sampling import Sampling, sample_indices
 from .transforms import AugmentConfig, Size, eval_views, train_clip
-from .video import ReadErrorKind, VideoReadError, read_frame_folder, video_frame_source
+from .video import ReadErrorKind, VideoReadError, check_decode_short_side, read_frame_folder, video_frame_source
 
 BadSamplePolicy = Literal["skip", "resample", "fail"]
 
@@ -114,6 +114,8 @@ class VideoClipDataset(PolicyDataset):
     policy), or a ``BadSample`` under the skip policy. ``"label"`` is the annotated label; ``"view_labels"``
     are the per-view training targets, which differ from it when a flip swaps a direction-sensitive label.
     With ``num_classes``, a label outside ``[0, num_classes)`` is an error naming the list's file and line.
+    ``decode_short_side``: video files are decoded already resized so that their short side is this (frame
+    folders are read at full size).
 
     At test time ``view_chunk`` splits each video's ``num_clips x num_crops`` views into items of at most
     ``view_chunk`` views (``"index"`` the video's entry, ``"view_start"`` its first view): only the frames
@@ -138,6 +140,7 @@ class VideoClipDataset(PolicyDataset):
         repeated_aug: int = 1,
         bad_sample_policy: BadSamplePolicy = "skip",
         frames_template: str = "img_{:05d}.jpg",
+        decode_short_side: int | None = None,
         seed: int = 0,
         min_frames: int = 1,
         max_resample: int = 10,
@@ -166,6 +169,7 @@ class VideoClipDataset(PolicyDataset):
         self.augment = augment or AugmentConfig()
         self.repeated_aug = repeated_aug
         self.frames_template = frames_template
+        self.decode_short_side = check_decode_short_side(decode_short_side, image_size)
         self.min_frames = min_frames
         self.view_chunk = None if train or view_chunk is None else min(view_chunk, num_clips * num_crops)
 
@@ -191,7 +195,7 @@ class VideoClipDataset(PolicyDataset):
                 raise VideoReadError(path, "missing frame folder", "missing")
             n, read = record.num_frames, partial(read_frame_folder, path, template=self.frames_template)
         else:
-            n, read = video_frame_source(path)
+            n, read = video_frame_source(path, short_side=self.decode_short_side)
         if n == 0:
             raise VideoReadError(path, "empty: 0 frames", "empty")
         if n < self.min_frames:

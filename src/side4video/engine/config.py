@@ -51,6 +51,9 @@ class DataConfig:
     sampling: str = "segment"  # frame sampling of side4video.data (segment: TSN)
     frame_interval: int = 1
     frames_template: str = "img_{:05d}.jpg"
+    # video files: frames resized while decoding so that their short side is this (swscale bilinear,
+    # before augmentation; a 4K source then never exists at full size); None: full size
+    decode_short_side: int | None = None
     augment: dict[str, Any] = field(default_factory=dict)  # fields of side4video.data.AugmentConfig
     repeated_aug: int = 1  # augmented copies of each training video in a batch
     bad_sample_policy: Literal["skip", "resample", "fail"] = "skip"

@@ -29,8 +29,8 @@ def clip_dataset(cfg: TrainConfig, videos: Sequence[str | Path], list_dir: str) 
     return VideoClipDataset(
         list_file, "", num_frames=cfg.model.frames, train=False, image_size=cfg.model.image_size,
         sampling=d.sampling, frame_interval=d.frame_interval, num_clips=e.test_clips, num_crops=e.test_crops,
-        test_resize=e.test_resize, test_position=e.test_segment_position, augment=AugmentConfig(**d.augment),
-        bad_sample_policy="skip", list_kind="video", view_chunk=e.eval_chunk,
+        test_resize=e.test_resize, test_position=e.test_segment_position, decode_short_side=d.decode_short_side,
+        augment=AugmentConfig(**d.augment), bad_sample_policy="skip", list_kind="video", view_chunk=e.eval_chunk,
     )
 
 

@@ -121,7 +121,8 @@ class RecognitionTask(Task):
         common = dict(
             num_frames=cfg.model.frames, train=train, image_size=cfg.model.image_size, sampling=d.sampling,
             frame_interval=d.frame_interval, bad_sample_policy=d.bad_sample_policy,
-            frames_template=d.frames_template, seed=cfg.run.seed, augment=AugmentConfig(**d.augment),
+            frames_template=d.frames_template, decode_short_side=d.decode_short_side, seed=cfg.run.seed,
+            augment=AugmentConfig(**d.augment),
             num_classes=cfg.model.num_classes,  # a label out of range: an error naming file and line
         )  # the augment config also holds the normalisation used at test time
         if train:

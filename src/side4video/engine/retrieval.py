@@ -133,7 +133,8 @@ class RetrievalTask(Task):
         return CaptionDataset(
             split, d.data_root, tokenizer, num_frames=cfg.model.frames, image_size=cfg.model.image_size,
             text_length=model_cfg.text_length, train=train, bad_sample_policy=policy, seed=cfg.run.seed,
-            mean=augment.mean, std=augment.std, test_position=cfg.eval.test_segment_position,
+            decode_short_side=d.decode_short_side, mean=augment.mean, std=augment.std,
+            test_position=cfg.eval.test_segment_position,
         )
 
     def make_loader(self, dataset: Any, cfg: TrainConfig, info: DistInfo, train: bool) -> DataLoader | Any:
