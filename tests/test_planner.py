@@ -9,7 +9,7 @@ from side4video.profiler import predict_memory
 def test_parse_bytes_and_the_stated_margin():
     assert parse_bytes("24 GiB") == parse_bytes("24576MiB") == 24 * 2**30
     assert parse_bytes("24GB") == 24 * 10**9  # one unit everywhere: GB = 10^9 bytes
-    assert parse_bytes("512MB") == 512 * 2**20
+    assert parse_bytes("512MB") == 512 * 10**6
     assert usable_bytes(80 * 2**30) == int(80 * 2**30 * (1 - ALLOCATOR_FRACTION) - CONTEXT_BYTES)
     with pytest.raises(ValueError, match="24 gigs"):
         parse_bytes("24 gigs")

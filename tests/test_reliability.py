@@ -351,7 +351,10 @@ def test_unreadable_validation_set_keeps_the_epoch(tmp_path):
 
 def test_labels_out_of_range_are_refused_with_file_and_line(tmp_path, clip_file, capsys):
     lst = tmp_path / "train.txt"
-    lst.write_text(f"{clip_file} 0\n{clip_file} 1\n{clip_file} 7\n")
+    clips = [tmp_path / f"clip{i}.mp4" for i in range(3)]  # three files: a repeated entry is its own problem
+    for clip in clips:
+        clip.symlink_to(clip_file)
+    lst.write_text(f"{clips[0]} 0\n{clips[1]} 1\n{clips[2]} 7\n")
     code, out, err = run_cli(capsys, "check-data", "--list", lst, "--data-root", "", "--frames", "2",
                              "--num-classes", "2")
     assert code == 1
