@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import torch
 from PIL import Image
 
 from side4video.data import write_video
@@ -66,3 +67,31 @@ def numbered_frames(num_frames: int, size: int = 32, step: int = 6) -> np.ndarra
 def frame_numbers(frames: Sequence[np.ndarray] | np.ndarray, step: int = 6) -> np.ndarray:
     """Inverse of ``numbered_frames`` on decoded (lossy) frames: the nearest index of each frame."""
     return np.round(np.asarray(frames, float).mean(axis=(1, 2, 3)) / step).astype(np.int64)
+
+
+class ToyClips(torch.utils.data.Dataset):
+    """In-memory clips (items of ``VideoClipDataset``): the class is the sign of a brightness ramp over time.
+
+    The noise is drawn from (seed, epoch, index), like the real dataset's augmentation.
+    """
+
+    def __init__(self, n: int, frames: int = 2, size: int = 32, views: int = 1, nan_at_epoch: int | None = None):
+        self.n, self.frames, self.size, self.views = n, frames, size, views
+        self.nan_at_epoch, self.epoch = nan_at_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        g = torch.Generator().manual_seed(1000 * self.epoch + index)
+        label = index % 2
+        ramp = torch.linspace(-1, 1, self.frames) * (1 if label else -1)  # (T,)
+        video = ramp.view(1, 1, -1, 1, 1) + 0.5 * torch.randn(self.views, 3, self.frames, self.size, self.size,
+                                                              generator=g)  # (R, 3, T, H, W)
+        if self.epoch == self.nan_at_epoch and index == 1:
+            video[:] = float("nan")
+        return {"video": video, "label": label, "view_labels": torch.full((self.views,), label), "index": index,
+                "path": f"toy/{index}"}

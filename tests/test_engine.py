@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures import ToyClips
 from side4video.atomic import atomic_save
 from side4video.engine.checkpoint import load_checkpoint, load_model
 from side4video.engine.config import ConfigError, TrainConfig, make_config, replace, resolve_config
@@ -36,34 +37,6 @@ def tiny_cfg(out: Path, **kw) -> TrainConfig:
         log_every=1, label_smoothing=0.1,
     )
     return make_config(**{**base, **kw})
-
-
-class ToyClips(torch.utils.data.Dataset):
-    """In-memory clips (items of ``VideoClipDataset``): the class is the sign of a brightness ramp over time.
-
-    The noise is drawn from (seed, epoch, index), like the real dataset's augmentation.
-    """
-
-    def __init__(self, n: int, frames: int = 2, size: int = 32, views: int = 1, nan_at_epoch: int | None = None):
-        self.n, self.frames, self.size, self.views = n, frames, size, views
-        self.nan_at_epoch, self.epoch = nan_at_epoch, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        g = torch.Generator().manual_seed(1000 * self.epoch + index)
-        label = index % 2
-        ramp = torch.linspace(-1, 1, self.frames) * (1 if label else -1)  # (T,)
-        video = ramp.view(1, 1, -1, 1, 1) + 0.5 * torch.randn(self.views, 3, self.frames, self.size, self.size,
-                                                              generator=g)  # (R, 3, T, H, W)
-        if self.epoch == self.nan_at_epoch and index == 1:
-            video[:] = float("nan")
-        return {"video": video, "label": label, "view_labels": torch.full((self.views,), label), "index": index,
-                "path": f"toy/{index}"}
 
 
 class Interrupt(Exception):

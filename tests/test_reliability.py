@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from fixtures import make_corrupt_video
+from fixtures import ToyClips, make_corrupt_video
 from side4video.cli import main
 from side4video.data import read_msvd, write_video
 from side4video.engine.checkpoint import load_checkpoint
@@ -36,27 +36,6 @@ TINY_SETS = ("warmup_epochs=0", "tensorboard=false", "log_every=1", "test_crops=
 def tiny_cfg(out: Path, *sets: str, **flags):
     """A tiny recognition run into ``out`` (flat keys, as on the command line)."""
     return resolve_config(None, {**TINY, "epochs": 2, "output_dir": str(out), **flags}, (*TINY_SETS, *sets))
-
-
-class Clips(torch.utils.data.Dataset):
-    """In-memory clips (items of the recognition dataset): the label is the sign of a brightness ramp."""
-
-    def __init__(self, n: int, views: int = 1):
-        self.n, self.views, self.epoch = n, views, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        g = torch.Generator().manual_seed(1000 * self.epoch + index)
-        label = index % 2
-        ramp = torch.linspace(-1, 1, 2) * (1 if label else -1)  # (T,)
-        video = ramp.view(1, 1, -1, 1, 1) + 0.5 * torch.randn(self.views, 3, 2, 32, 32, generator=g)  # (R,3,T,H,W)
-        return {"video": video, "label": label, "view_labels": torch.full((self.views,), label), "index": index,
-                "path": f"clip/{index}"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,7 +70,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 def tiny_run(tmp_path_factory) -> Path:
     """A finished 2-epoch run (its folder); tests copy what they change."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    train(tiny_cfg(out), Clips(8), Clips(4))
+    train(tiny_cfg(out), ToyClips(8), ToyClips(4))
     return out
 
 
@@ -205,7 +184,7 @@ def test_checkpoint_writes_never_follow_a_planted_symlink(tmp_path):
     for name in ("last.pt", "best.pt", "metrics.json"):  # every predictable temporary name of this process
         for pid in range(os.getpid() - 2, os.getpid() + 3):
             (out / f".{name}.{pid}.tmp").symlink_to(victim)
-    quiet_train(tiny_cfg(out, epochs=1), Clips(4), Clips(2))
+    quiet_train(tiny_cfg(out, epochs=1), ToyClips(4), ToyClips(2))
     assert victim.read_bytes() == b"precious"
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
@@ -216,7 +195,7 @@ def test_checkpoint_writes_never_follow_a_planted_symlink(tmp_path):
 def test_diverged_weights_are_never_saved(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Exception, match=r"(?i)non-finite|diverge") as info:
-        quiet_train(tiny_cfg(out, lr=1e30, epochs=1), Clips(4), Clips(2))
+        quiet_train(tiny_cfg(out, lr=1e30, epochs=1), ToyClips(4), ToyClips(2))
     assert "last.pt" not in str(info.value) or (out / "last.pt").is_file()  # never points to a missing file
     for name in ("last.pt", "best.pt"):
         if (out / name).is_file():
@@ -275,7 +254,7 @@ def _train_killed_at(out: Path, write: int | None, monkeypatch, **flags) -> int:
 
     monkeypatch.setattr(os, "replace", replace)
     try:
-        quiet_train(tiny_cfg(out, "eval_every=1", epochs=3, **flags), Clips(4), Clips(2))
+        quiet_train(tiny_cfg(out, "eval_every=1", epochs=3, **flags), ToyClips(4), ToyClips(2))
     except Killed:
         pass
     finally:
@@ -295,7 +274,7 @@ def test_a_kill_between_any_two_writes_loses_nothing(tmp_path, monkeypatch):
         for name in ("last.pt", "best.pt"):  # what a kill leaves is always readable
             if (out / name).is_file():
                 load_checkpoint(out / name)
-        quiet_train(tiny_cfg(out, "eval_every=1", epochs=3, resume="auto"), Clips(4), Clips(2))
+        quiet_train(tiny_cfg(out, "eval_every=1", epochs=3, resume="auto"), ToyClips(4), ToyClips(2))
         _assert_same_run(_fingerprint(out), expected)
 
 
@@ -314,7 +293,7 @@ def _killed_mid_write(out: Path) -> int:
                 real_fsync(fd)
 
             os.fsync = fsync
-            quiet_train(tiny_cfg(out, "eval_every=1", epochs=2), Clips(4), Clips(2))
+            quiet_train(tiny_cfg(out, "eval_every=1", epochs=2), ToyClips(4), ToyClips(2))
         finally:
             os._exit(0)
     return os.waitpid(pid, 0)[1]
@@ -327,7 +306,7 @@ def test_sigkill_mid_write_leaves_no_temp_file_after_resume(tmp_path):
     assert os.WTERMSIG(status) == signal.SIGKILL
     temps = [p for p in out.iterdir() if p.name.startswith(".")]
     assert temps  # the killed write's temporary file
-    quiet_train(tiny_cfg(out, "eval_every=1", epochs=2, resume="auto"), Clips(4), Clips(2))
+    quiet_train(tiny_cfg(out, "eval_every=1", epochs=2, resume="auto"), ToyClips(4), ToyClips(2))
     assert [p for p in out.iterdir() if p.name.startswith(".")] == []
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
@@ -341,7 +320,7 @@ def test_unreadable_validation_set_keeps_the_epoch(tmp_path):
     (tmp_path / "val.txt").write_text(f"{bad} 0\n{bad} 1\n")
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="bad_samples.txt"):  # no metric; the bad files are listed there
-        quiet_train(tiny_cfg(out, epochs=1, val_list=str(tmp_path / "val.txt"), data_root=""), Clips(4))
+        quiet_train(tiny_cfg(out, epochs=1, val_list=str(tmp_path / "val.txt"), data_root=""), ToyClips(4))
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert str(bad) in (out / "bad_samples.txt").read_text()
 
@@ -382,23 +361,23 @@ def test_labels_out_of_range_are_refused_with_file_and_line(tmp_path, clip_file,
 def test_training_into_a_finished_run_is_refused_unless_resume_or_overwrite(tiny_run, tmp_path):
     before = (tiny_run / "last.pt").read_bytes()
     with pytest.raises(ValueError, match=r"--resume|--overwrite"):
-        quiet_train(tiny_cfg(tiny_run), Clips(8), Clips(4))
+        quiet_train(tiny_cfg(tiny_run), ToyClips(8), ToyClips(4))
     assert (tiny_run / "last.pt").read_bytes() == before
     out = tmp_path / "run"
-    quiet_train(tiny_cfg(out, epochs=1), Clips(4), Clips(2))
-    quiet_train(tiny_cfg(out, "overwrite=true", epochs=1, seed=1), Clips(4), Clips(2))
+    quiet_train(tiny_cfg(out, epochs=1), ToyClips(4), ToyClips(2))
+    quiet_train(tiny_cfg(out, "overwrite=true", epochs=1, seed=1), ToyClips(4), ToyClips(2))
     assert sum(1 for line in (out / "log.jsonl").open() if '"epoch"' in line and '"type": "epoch"' in line) == 1
 
 
 def test_resume_applies_a_new_schedule_and_refuses_a_changed_model(tmp_path):
     out = tmp_path / "run"
-    quiet_train(tiny_cfg(out, epochs=1), Clips(8), Clips(4))
-    quiet_train(tiny_cfg(out, epochs=2, lr=2e-2, resume="auto"), Clips(8), Clips(4))
+    quiet_train(tiny_cfg(out, epochs=1), ToyClips(8), ToyClips(4))
+    quiet_train(tiny_cfg(out, epochs=2, lr=2e-2, resume="auto"), ToyClips(8), ToyClips(4))
     lrs = [r["lr"] for r in map(json.loads, (out / "log.jsonl").open()) if r["type"] == "train"]
     assert lrs[2:] == pytest.approx([2e-2 * (1 + np.cos(np.pi * s / 4)) / 2 for s in (3, 4)])
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 2e-2
     with pytest.raises(ValueError, match=r"frames \(2 -> 4\)") as info:
-        quiet_train(tiny_cfg(out, epochs=3, frames=4, lr=1e-3, resume="auto"), Clips(8), Clips(4))
+        quiet_train(tiny_cfg(out, epochs=3, frames=4, lr=1e-3, resume="auto"), ToyClips(8), ToyClips(4))
     assert "lr (" not in str(info.value)  # lists the changed keys that are refused, only those
 
 
