@@ -1,7 +1,8 @@
-"""Recipe configs: every YAML in configs/ loads, validates and builds its model (on the meta device), the
+"""Recipe configs: every YAML in configs/ loads, validates, builds its model and runs it (on the meta device), the
 built models carry the adapters / heads their recipes ask for, and the recipes without a released config
 carry the values their papers state (the others: test_released_recipes.py)."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ def load(stem: str) -> TrainConfig:
     return resolve_config(REPO / "configs" / f"{stem}.yaml")
 
 
-def build_on_meta(cfg: TrainConfig) -> torch.nn.Module:
-    """The model the training engine builds from ``cfg``, without weights (no checkpoint is read)."""
+@functools.cache
+def build_on_meta(stem: str) -> torch.nn.Module:
+    """The model the training engine builds from recipe ``stem``, without weights (no checkpoint is read);
+    built once for all the tests below, which only read it."""
     with torch.device("meta"):
-        return make_model(cfg, pretrained=False)
+        return make_model(load(stem), pretrained=False)
 
 
 def total_batch(cfg: TrainConfig) -> int:
@@ -56,16 +59,13 @@ def test_config_loads_validates_and_builds(path):
     assert cfg.run.output_dir == f"runs/{path.stem}"
     preset = get_preset(cfg.model.name)
     AugmentConfig(**cfg.data.augment)  # the data pipeline accepts the policy string and the flip pairs
-    net = build_on_meta(cfg)
+    net = build_on_meta(path.stem)
     assert isinstance(net, preset.build)
     assert net.cfg.num_frames == cfg.model.frames
     for key, value in cfg.model.overrides.items():
         assert getattr(net.cfg, key) == value
-    size = cfg.model.image_size
-    video = torch.empty(2, 3, cfg.model.frames, size, size, device="meta")
     if preset.task is RECOGNITION:
         assert net.cfg.num_classes == cfg.model.num_classes == NUM_CLASSES[dataset]
-        assert net(video).shape == (2, cfg.model.num_classes)
         d = cfg.data
         frames = sample_indices(d.sampling, 300, cfg.model.frames, train=False, frame_interval=d.frame_interval)
         assert len(frames) == cfg.model.frames
@@ -73,12 +73,33 @@ def test_config_loads_validates_and_builds(path):
         assert frames[-1] < 300
     else:
         assert cfg.data.caption_format == dataset
-        assert net.encode_video(video).shape[:1] == (2,)
     optimizer = make_optimizer(net, cfg)
     assert all(g["betas"] == cfg.optim.betas for g in optimizer.param_groups)
     assert max(g["weight_decay"] for g in optimizer.param_groups) == cfg.optim.weight_decay
     optimized = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     assert optimized == trainable(net) > 0
+
+
+def architecture(path: Path) -> tuple:
+    m = resolve_config(path).model
+    return m.name, m.frames, m.image_size, m.num_classes, repr(sorted(m.overrides.items()))
+
+
+# Recipes that differ only in their data (SSv1 and SSv2, the retrieval datasets) build the same model:
+# one forward pass each.
+ARCHITECTURES = {architecture(p): p for p in reversed(CONFIGS)}
+
+
+@pytest.mark.parametrize("path", sorted(ARCHITECTURES.values()), ids=lambda p: p.stem)
+def test_every_recipe_model_runs_at_its_frames_and_size(path):
+    cfg = resolve_config(path)
+    net = build_on_meta(path.stem)
+    size = cfg.model.image_size
+    video = torch.empty(2, 3, cfg.model.frames, size, size, device="meta")
+    if get_preset(cfg.model.name).task is RECOGNITION:
+        assert net(video).shape == (2, cfg.model.num_classes)
+    else:
+        assert net.encode_video(video).shape[:1] == (2,)
 
 
 # ---- ST-Adapter: paper Table 6 -----------------------------------------------------------------------
@@ -101,7 +122,7 @@ def st_adapter_params(width: int, bottleneck: int = 384, kernel_t: int = 3) -> i
     ],
 )
 def test_st_adapter_parameter_counts(stem, adapters, width):
-    net = build_on_meta(load(stem))
+    net = build_on_meta(stem)
     head = width * net.cfg.num_classes + net.cfg.num_classes
     assert trainable(net) == adapters * st_adapter_params(width) + head
     if stem == "k400_st-adapter-b16":  # paper: 12 x 384 adapters add 7.11 M parameters
@@ -138,7 +159,7 @@ def test_zeroi2v_models(stem):
     cfg = load(stem)
     policy = AugmentConfig(**cfg.data.augment).rand_augment_op
     assert (policy.magnitude, policy.num_ops) == (7, 4)
-    net = build_on_meta(cfg)
+    net = build_on_meta(stem)
     adapters = [m for m in net.modules() if isinstance(m, LinearAdapter)]
     assert {m.scale for m in adapters} == {1.0 if stem.startswith("ssv2") else 0.5}
     assert len(adapters) == 4 * len(net.backbone.blocks)
@@ -167,7 +188,7 @@ def test_retrieval_recipe(stem):
     assert o.warmup_epochs / o.epochs == pytest.approx(0.1)
     assert (o.lr, o.lr_clip, o.betas) == (1e-4, 1e-7, (0.9, 0.98))
     assert cfg.data.tokenizer is not None
-    net = build_on_meta(cfg)
+    net = build_on_meta(stem)
     assert net.cfg.text_length == 32
     optimizer = make_optimizer(net, cfg)
     lrs = {g["name"].split("_", 1)[0]: g["lr"] for g in optimizer.param_groups}

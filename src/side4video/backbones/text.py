@@ -45,7 +45,9 @@ class TextConfig:
 TEXT_B = TextConfig(width=512, heads=8, layers=12, output_dim=512, mlp_dim=2048)
 TEXT_L = TextConfig(width=768, heads=12, layers=12, output_dim=768, mlp_dim=3072)
 TEXT_EVA_E = TextConfig(width=1280, heads=20, layers=32, output_dim=1024, mlp_dim=5120, act="gelu")
-TEXT_TINY = TextConfig(width=128, heads=2, layers=2, output_dim=128, mlp_dim=512)
+# For tests and the demo: random weights and a word-level tokenizer (``synthetic_captions``), so 1,024 token
+# rows, not CLIP's 49,408 (6.3 M of the 6.7 M parameters it would have); CLIP's BPE needs a real tower.
+TEXT_TINY = TextConfig(vocab_size=1024, width=128, heads=2, layers=2, output_dim=128, mlp_dim=512)
 
 # The text tower that each image backbone (keys of ``vit.BACKBONES``) was trained with.
 TEXT_TOWERS: dict[str, TextConfig] = {
