@@ -1,12 +1,12 @@
-"""Memory savings: the fused LayerNorm + Linear (autograd's gradients, only its input kept for backward) and
-side-network checkpointing leave Side4Video's gradients unchanged."""
+"""Memory savings: the fused LayerNorm + Linear and the MLP that recomputes its GELU (autograd's gradients, less
+kept for backward), and side-network checkpointing, leave Side4Video's gradients unchanged."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from side4video.methods.layers import layer_norm_linear
+from side4video.methods.layers import layer_norm_linear, linear_gelu_linear
 from side4video.models import create_model
 from side4video.profiler import MixedPrecision, saved_activation_bytes
 
@@ -78,11 +78,60 @@ def test_tensor_shape_and_no_bias():
     assert proj.bias.grad is None
 
 
-@pytest.mark.parametrize("saving", [{"fused_down_projection": True}, {"checkpoint_parts": True}])
+def _mlp(width=12, hidden=20, dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Linear(width, hidden).to(dtype), nn.Linear(hidden, width).to(dtype)
+
+
+def test_mlp_gradcheck_in_float64():
+    fc1, fc2 = _mlp(width=5, hidden=7, dtype=torch.float64)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    args = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    assert torch.autograd.gradcheck(linear_gelu_linear, args, fast_mode=True)
+
+
+def test_mlp_output_and_gradients_match_autograd():
+    fc1, fc2 = _mlp()
+    x = torch.randn(4, 7, 12) * 2
+    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    dy = torch.randn(4, 7, 12)
+    results = []
+    for fused in (False, True):
+        xx = x.clone().requires_grad_(True)
+        y = linear_gelu_linear(xx, *params) if fused else fc2(F.gelu(fc1(xx)))
+        results.append((y, torch.autograd.grad(y, [xx, *params], dy)))
+    assert torch.equal(results[0][0], results[1][0])
+    for ref, got in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_keeps_its_input_and_pre_activation_not_the_gelu_output():
+    fc1, fc2 = _mlp(width=32, hidden=128)
+    x = torch.randn(6, 40, 32, requires_grad=True)  # float32 residual tokens: the first matmul casts them
+    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    mlp = nn.Sequential(fc1, nn.GELU(), fc2)
+    with MixedPrecision(torch.bfloat16):
+        ref, got = mlp(x), linear_gelu_linear(x, *params)
+        unfused = saved_activation_bytes(mlp, lambda: mlp(x))
+        fused = saved_activation_bytes(mlp, lambda: linear_gelu_linear(x, *params))
+    assert got.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(got, ref)
+    dy = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ref, [x, *params], dy), torch.autograd.grad(got, [x, *params], dy),
+                    strict=True):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)  # bf16 matmuls in both
+    tokens, hidden = x.numel() // 32, 128
+    assert fused == 2 * tokens * (32 + hidden)  # x and the pre-activation, both bf16
+    weights = fc1.weight.numel() + fc2.weight.numel()
+    assert unfused == fused + 2 * tokens * hidden + 2 * weights  # + the GELU's output, autocast's weight copies
+
+
+@pytest.mark.parametrize("saving", [{"fused_down_projection": True}, {"fused_mlp": True}, {"checkpoint_parts": True}])
 def test_side4video_gradients_unchanged_by_each_saving(saving):
     def grads(**cfg):
         torch.manual_seed(0)
-        cfg = {"fused_down_projection": False, **cfg}
+        cfg = {"fused_down_projection": False, "fused_mlp": False, **cfg}
         model = create_model("side4video-tiny", num_classes=3, num_frames=2, image_size=64, **cfg).train()
         torch.manual_seed(1)
         video = torch.randn(2, 3, 2, 64, 64)
@@ -105,6 +154,9 @@ def test_bf16_frozen_backbone_matches_float32_and_halves_its_weights():
     assert bf16.backbone.conv1.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in bf16.parameters() if p.requires_grad)
     video = torch.randn(2, 3, 2, 64, 64)
+    # the tapped tokens are kept for the side network's backward in the frozen weights' dtype
+    assert {z.dtype for z in bf16.backbone_features(video)} == {torch.bfloat16}
+    assert {z.dtype for z in ref.backbone_features(video)} == {torch.float32}
     torch.testing.assert_close(bf16(video), ref(video), rtol=0.05, atol=0.05)
     weights = sum(p.numel() for p in ref.backbone.parameters())
     ref_bytes = sum(p.nbytes for p in ref.parameters())

@@ -276,11 +276,13 @@ class VisionTransformer(nn.Module):
         indices: Sequence[int] | None = None,
         num_frames: int = 1,
         stop_early: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> list[torch.Tensor]:
         """Output tokens ``(B, 1+N, D)`` (CLS first) of the blocks in ``indices``.
 
         ``indices`` are 0-based block indices (default: every block). With ``stop_early`` the
-        blocks after the last requested one are not run.
+        blocks after the last requested one are not run. ``dtype`` casts each output as it is taken
+        (the residual stream keeps its own dtype), so that only the cast copies stay alive.
         """
         n = len(self.blocks)
         wanted = list(range(n)) if indices is None else [i if i >= 0 else n + i for i in indices]
@@ -294,7 +296,7 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks[: last + 1]):
             x = self._run_block(block, x, num_frames)
             if i in keep:
-                outputs[i] = x
+                outputs[i] = x if dtype is None else x.to(dtype)
         return [outputs[i] for i in wanted]
 
     def forward_features(self, images: torch.Tensor, num_frames: int = 1) -> torch.Tensor:

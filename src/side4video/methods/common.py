@@ -81,15 +81,15 @@ class VideoModel(nn.Module):
             freeze(self.backbone)
         self.no_grad_backbone = no_grad_backbone
 
-    def run_backbone(self, fn, frames: torch.Tensor, *args):
-        """``fn(frames, *args)``; without autograd (and in bf16 on CUDA) when the backbone is run so."""
+    def run_backbone(self, fn, frames: torch.Tensor, *args, **kwargs):
+        """``fn(frames, *args, **kwargs)``; without autograd (and in bf16 on CUDA) when the backbone is run so."""
         if not self.no_grad_backbone:
-            return fn(frames, *args)
+            return fn(frames, *args, **kwargs)
         autocast = self.cfg.autocast_backbone and frames.device.type == "cuda"
         if not autocast:  # run in the weights' dtype
             frames = frames.to(self.backbone.conv1.weight.dtype)
         with torch.no_grad(), autocast_context(frames.device, self.cfg.autocast_backbone):
-            return fn(frames, *args)
+            return fn(frames, *args, **kwargs)
 
     def keep_frozen_weights(self, device: torch.device | str) -> VideoModel:
         """Cast the frozen weights of a backbone run without autograd to ``cfg.backbone_dtype`` for training

@@ -1,11 +1,16 @@
-"""``Linear(LayerNorm(z))`` that keeps only ``z`` for backward.
+"""Autograd functions that keep less for backward than the modules they replace, with the same outputs.
 
-Autograd would keep both ``z`` and ``LayerNorm(z)`` (under autocast also a float32 copy of a bfloat16
-``z`` for the norm and a bfloat16 copy of the norm's output for the matmul). ``layer_norm_linear`` saves
-``z`` as it is given (e.g. in the frozen backbone's dtype), plus the per-token mean and reciprocal
-standard deviation, and recomputes the normalised tokens in backward. The forward runs the norm in
-float32 (as autocast does) and the matmul in the autocast dtype, if any, else in the weights' dtype: its
-output is that of ``F.linear(F.layer_norm(z.float()))``; gradients agree with autograd's to float rounding.
+``layer_norm_linear``: ``Linear(LayerNorm(z))`` keeping only ``z``. Autograd would keep both ``z`` and
+``LayerNorm(z)`` (under autocast also a float32 copy of a bfloat16 ``z`` for the norm and a bfloat16 copy of
+the norm's output for the matmul). It saves ``z`` as it is given (e.g. in the frozen backbone's dtype), plus
+the per-token mean and reciprocal standard deviation, and recomputes the normalised tokens in backward. The
+forward runs the norm in float32 (as autocast does) and the matmul in the autocast dtype, if any, else in
+the weights' dtype: its output is that of ``F.linear(F.layer_norm(z.float()))``.
+
+``linear_gelu_linear``: the MLP ``Linear(GELU(Linear(x)))`` keeping ``x`` and the pre-activation, not also
+the GELU's output (a third of an MLP's saved tensors, the widest); GELU is recomputed in backward.
+
+Gradients agree with autograd's to float rounding (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -57,3 +62,47 @@ def layer_norm_linear(
 ) -> torch.Tensor:
     """``F.linear(F.layer_norm(z, (D,), norm_weight, norm_bias, eps), weight, bias)``, saving only ``z``."""
     return _LayerNormLinear.apply(z, norm_weight, norm_bias, weight, bias, eps)
+
+
+class _LinearGeluLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2):
+        # x: (..., C) -> h: (..., H) -> y: (..., C_out); under autocast h and y in the autocast dtype
+        h = F.linear(x, weight1, bias1)
+        y = F.linear(F.gelu(h), weight2, bias2)
+        x_mm = x.to(h.dtype)  # what the first matmul read: autocast would keep this copy too
+        ctx.save_for_backward(x_mm, h, weight1, weight2)
+        ctx.x_dtype = x.dtype
+        ctx.has_bias = (bias1 is not None, bias2 is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_mm, h, weight1, weight2 = ctx.saved_tensors
+        mm = h.dtype
+        h2 = h.reshape(-1, h.shape[-1])  # (M, H)
+        dy2 = dy.to(mm).reshape(-1, dy.shape[-1])  # (M, C_out)
+        a = F.gelu(h2)  # recomputed, bit for bit the forward's
+        d_weight2 = (dy2.t() @ a).to(weight2.dtype)
+        del a  # each (M, H) temporary freed as soon as it is used: at most two alive beside h
+        d_bias2 = dy2.sum(0).to(weight2.dtype) if ctx.has_bias[1] else None
+        da = dy2 @ weight2.to(mm)  # (M, H)
+        dh = torch.ops.aten.gelu_backward(da, h2)
+        del da
+        d_weight1 = (dh.t() @ x_mm.reshape(-1, x_mm.shape[-1])).to(weight1.dtype)
+        d_bias1 = dh.sum(0).to(weight1.dtype) if ctx.has_bias[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (dh @ weight1.to(mm)).reshape(x_mm.shape).to(ctx.x_dtype)
+        return dx, d_weight1, d_bias1, d_weight2, d_bias2
+
+
+def linear_gelu_linear(
+    x: torch.Tensor,
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+) -> torch.Tensor:
+    """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)``, recomputing the GELU in backward."""
+    return _LinearGeluLinear.apply(x, weight1, bias1, weight2, bias2)

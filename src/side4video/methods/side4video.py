@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..backbones.vit import Attention, VisionConfig, VisionTransformer
 from .common import ClassifierConfig, VideoConfig, VideoModel, fold_frames
-from .layers import layer_norm_linear
+from .layers import layer_norm_linear, linear_gelu_linear
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SideConfig(VideoConfig):
     post_norm: bool = False  # E/14 variant
     checkpoint_parts: bool = False  # activation checkpointing of each part of every side block
     fused_down_projection: bool = True  # keep only the ViT tokens for the down-projection's backward
+    fused_mlp: bool = True  # recompute the side MLP's GELU in backward instead of keeping its output
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,18 @@ class ClsShiftAttention(Attention):
 
 
 class SideMlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
+    """Linear -> GELU -> Linear; ``fused`` recomputes the GELU in backward instead of keeping its output."""
+
+    def __init__(self, width: int, hidden: int, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused
         self.fc1 = nn.Linear(width, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and torch.is_grad_enabled():
+            return linear_gelu_linear(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -149,7 +155,7 @@ class SideBlock(nn.Module):
 
     def __init__(
         self, width: int, heads: int, mlp_ratio: float, post_norm: bool, checkpoint_parts: bool,
-        cls_attn_norm: str = "released",
+        cls_attn_norm: str = "released", fused_mlp: bool = True,
     ) -> None:
         super().__init__()
         if cls_attn_norm not in ("released", "paper"):
@@ -162,7 +168,7 @@ class SideBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(width)
         self.attn = ClsShiftAttention(width, heads)
         self.norm_mlp = ChannelBatchNorm(width)
-        self.mlp = SideMlp(width, int(width * mlp_ratio))
+        self.mlp = SideMlp(width, int(width * mlp_ratio), fused_mlp)
 
     def _temporal(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_norm:
@@ -261,7 +267,8 @@ class SideNetwork(nn.Module):
         )
         self.pos_embed = nn.Parameter(torch.empty(vit.num_patches, d))  # shared by all blocks
         self.blocks = nn.ModuleList(
-            SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts, cfg.cls_attn_norm)
+            SideBlock(d, d // cfg.head_width, cfg.mlp_ratio, cfg.post_norm, cfg.checkpoint_parts, cfg.cls_attn_norm,
+                      cfg.fused_mlp)
             for _ in self.taps
         )
         self.reset_parameters()
@@ -321,9 +328,10 @@ class SideModel(VideoModel):
         self.side = SideNetwork(cfg, self.backbone.cfg)
 
     def backbone_features(self, video: torch.Tensor) -> list[torch.Tensor]:
-        """The tapped ViT tokens, each ``(B*T, 1+N, D)``, computed without autograd."""
+        """The tapped ViT tokens, each ``(B*T, 1+N, D)``, computed without autograd and kept in the dtype of
+        the frozen weights (bf16 on CUDA by default: under autocast the residual stream is float32)."""
         return self.run_backbone(self.backbone.forward_intermediates, fold_frames(video), self.side.taps,
-                                 video.shape[2])
+                                 video.shape[2], dtype=self.backbone.conv1.weight.dtype)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint each part of every side block (the frozen ViT keeps nothing for backward anyway)."""
