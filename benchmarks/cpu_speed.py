@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from side4video.backbones.vit import build_vit
-from side4video.engine.evaluate import predict_views
+from side4video.engine.recognition import predict_views
 from side4video.models import create_model
 from side4video.profiler import count_macs
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from side4video.engine.evaluate import predict_views
+from side4video.engine.recognition import predict_views
 from side4video.models import create_model
 from side4video.profiler import profile_model
 
