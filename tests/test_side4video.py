@@ -5,12 +5,13 @@ import torch
 
 from side4video import create_model, list_models
 from side4video.backbones.vit import VIT_B_16
+from side4video.engine.recognition import RECOGNITION
 from side4video.methods.side4video import Side4Video, SideBlock, SideNetwork, shift_cls, tap_indices
 from side4video.models import get_preset
 from side4video.profiler import saved_activation_bytes
 
 SIDE4VIDEO_PRESETS = [n for n in list_models() if isinstance(get_preset(n).build, type)
-                      and issubclass(get_preset(n).build, Side4Video) and get_preset(n).task == "recognition"]
+                      and issubclass(get_preset(n).build, Side4Video) and get_preset(n).task is RECOGNITION]
 
 
 def tiny_model(**overrides) -> Side4Video:
@@ -53,8 +54,8 @@ def test_every_preset_builds_and_runs_on_meta(name):
         logits = model(torch.randn(1, 3, 2, size, size))
     assert logits.shape == (1, 10)
     vit = model.backbone.cfg
-    assert len(model.blocks) == model.cfg.side_layers
-    assert model.taps[-1] == vit.layers - 1  # the last ViT layer always feeds the side network
+    assert len(model.side.blocks) == model.cfg.side_layers
+    assert model.side.taps[-1] == vit.layers - 1  # the last ViT layer always feeds the side network
     assert all(not p.requires_grad for p in model.backbone.parameters())
 
 

@@ -22,34 +22,31 @@ import torch.nn.functional as F
 class _LayerNormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, norm_weight, norm_bias, weight, bias, eps: float):
-        # z: (..., D); mean / rstd: (..., 1) in float32, as F.layer_norm computes them
+        # z: (..., D); mean / rstd: (..., 1) in float32, from the norm's own kernel
         zf = z.to(torch.promote_types(z.dtype, torch.float32))  # bf16 / fp16 -> fp32; fp64 stays
-        var, mean = torch.var_mean(zf, dim=-1, keepdim=True, correction=0)
-        rstd = torch.rsqrt(var + eps)
-        h = F.layer_norm(zf, z.shape[-1:], norm_weight, norm_bias, eps)  # (..., D) in float32, as under autocast
+        shape = list(z.shape[-1:])
+        h, mean, rstd = torch.ops.aten.native_layer_norm(zf, shape, norm_weight, norm_bias, eps)  # (..., D)
         y = F.linear(h, weight, bias)  # (..., d); under autocast in the autocast dtype
         ctx.save_for_backward(z, mean, rstd, norm_weight, norm_bias, weight)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.eps = bias is not None, eps
         ctx.h_dtype, ctx.mm_dtype = h.dtype, y.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
         z, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
-        zhat = (z.to(mean.dtype) - mean) * rstd  # (..., D), recomputed
-        h = zhat * norm_weight.to(zhat.dtype) + norm_bias.to(zhat.dtype)
+        zf, shape = z.to(ctx.h_dtype), list(z.shape[-1:])
+        h = torch.ops.aten.native_layer_norm(zf, shape, norm_weight, norm_bias, ctx.eps)[0]  # recomputed
         dy2 = dy.to(ctx.mm_dtype).reshape(-1, dy.shape[-1])  # (M, d)
         d_weight = (dy2.t() @ h.to(ctx.mm_dtype).reshape(-1, h.shape[-1])).to(weight.dtype)
+        del h
         d_bias = dy2.sum(0).to(weight.dtype) if ctx.has_bias else None
         dh = (dy.to(ctx.mm_dtype) @ weight.to(ctx.mm_dtype)).to(ctx.h_dtype)  # (..., D)
-        lead = tuple(range(dh.dim() - 1))
-        d_norm_weight = (dh * zhat).sum(lead).to(norm_weight.dtype)
-        d_norm_bias = dh.sum(lead).to(norm_bias.dtype)
-        dz = None
-        if ctx.needs_input_grad[0]:
-            g = dh * norm_weight.to(dh.dtype)
-            dz = (rstd * (g - g.mean(-1, keepdim=True) - zhat * (g * zhat).mean(-1, keepdim=True))).to(z.dtype)
-        return dz, d_norm_weight, d_norm_bias, d_weight, d_bias, None
+        mask = [ctx.needs_input_grad[0], True, True]
+        dz, d_norm_weight, d_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            dh, zf, shape, mean, rstd, norm_weight, norm_bias, mask)  # the norm's own backward kernel
+        return (None if dz is None else dz.to(z.dtype)), d_norm_weight.to(norm_weight.dtype), \
+            d_norm_bias.to(norm_bias.dtype), d_weight, d_bias, None
 
 
 def layer_norm_linear(
