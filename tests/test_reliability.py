@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from fixtures import ToyClips, make_corrupt_video
+from side4video.atomic import atomic_copy, atomic_save
 from side4video.cli import main
 from side4video.data import read_msvd, write_video
 from side4video.engine.checkpoint import load_checkpoint
@@ -187,6 +188,24 @@ def test_checkpoint_writes_never_follow_a_planted_symlink(tmp_path):
     quiet_train(tiny_cfg(out, epochs=1), ToyClips(4), ToyClips(2))
     assert victim.read_bytes() == b"precious"
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_a_best_epochs_last_pt_is_a_copy_that_later_writes_leave_apart(tmp_path, monkeypatch, links):
+    if not links:  # a filesystem without hard links: the bytes are copied
+        def no_link(*args, **kwargs):
+            raise OSError("hard links not supported")
+
+        monkeypatch.setattr(os, "link", no_link)
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    atomic_save({"epoch": 1, "w": torch.arange(5.0)}, best)
+    last.write_bytes(b"the previous epoch")
+    atomic_copy(best, last)
+    assert last.read_bytes() == best.read_bytes()
+    assert os.path.samefile(best, last) == links
+    atomic_save({"epoch": 2, "w": torch.zeros(5)}, last)  # the next epoch, not a best one
+    assert torch.load(best)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 # ---- 3. diverged weights -------------------------------------------------------------------------------

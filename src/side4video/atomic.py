@@ -79,6 +79,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     _fsync_dir(folder)
 
 
+def atomic_copy(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a copy of the finished file ``src`` atomically: a hard link to it when the filesystem
+    allows (no bytes written: both names then share one file, which later atomic writes never modify in
+    place), else a byte copy. Either way a new temporary name is renamed over ``path``."""
+    src = Path(src)
+
+    def write(f: IO[bytes]) -> None:
+        with open(src, "rb") as source:
+            while chunk := source.read(1 << 24):
+                f.write(chunk)
+
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # the unpredictable name is ours; the link takes it
+    try:
+        os.link(src, tmp, follow_symlinks=False)
+    except OSError:  # no hard links here (or another filesystem): copy the bytes
+        atomic_write(path, write)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` atomically (see the module docstring)."""
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -89,4 +120,4 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_text", "remove_stale_temps"]
+__all__ = ["atomic_copy", "atomic_save", "atomic_write", "atomic_write_text", "remove_stale_temps"]

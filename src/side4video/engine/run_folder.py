@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_save, atomic_write_text, remove_stale_temps
+from ..atomic import atomic_copy, atomic_save, atomic_write_text, remove_stale_temps
 from .config import ConfigError
 
 LAST, BEST, METRICS, LOG = "last.pt", "best.pt", "metrics.json", "log.jsonl"
@@ -94,12 +94,16 @@ def prepare(out: str | Path, resuming: bool, overwrite: bool, resume_auto: bool)
 
 
 def commit_epoch(out: str | Path, ckpt: dict[str, Any], metrics: dict[str, Any], is_best: bool) -> None:
-    """Write one epoch's files in commit order: ``best.pt``, ``metrics.json``, then ``last.pt``."""
+    """Write one epoch's files in commit order: ``best.pt``, ``metrics.json``, then ``last.pt`` (a copy of
+    that ``best.pt`` when the epoch is the best: the checkpoint is serialised once)."""
     out = Path(out)
     if is_best:
         atomic_save(ckpt, out / BEST)
     atomic_write_text(json.dumps(metrics, indent=2) + "\n", out / METRICS)
-    atomic_save(ckpt, out / LAST)
+    if is_best:
+        atomic_copy(out / BEST, out / LAST)
+    else:
+        atomic_save(ckpt, out / LAST)
 
 
 def _stored(path: Path, key: str) -> Any:
