@@ -8,9 +8,11 @@ import torch
 # Set before any test module imports transformers / tokenizers: nothing is downloaded in tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-torch.set_num_threads(2)
+THREADS = 2  # the machine the suite is sized for has 2 cores
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_threads() -> None:
+    """Every test starts from seed 0 and ``THREADS`` compute threads, whatever the previous test set."""
     torch.manual_seed(0)
+    torch.set_num_threads(THREADS)

@@ -38,7 +38,6 @@ from side4video.methods.retrieval import RetrievalConfig, Side4VideoRetrieval
 from side4video.metrics import retrieval_metrics
 from test_text import learn_merges
 
-torch.set_num_threads(1)
 CAPTIONS = ["a man plays the guitar", "a red square moves left", "a dog runs on grass", "two cats sleep"]
 
 
