@@ -8,7 +8,7 @@ from side4video.backbones.vit import VIT_B_16
 from side4video.engine.recognition import RECOGNITION
 from side4video.methods.side4video import Side4Video, SideBlock, SideNetwork, shift_cls, tap_indices
 from side4video.models import get_preset
-from side4video.profiler import saved_activation_bytes
+from side4video.profiler import MetaNorms, saved_activation_bytes
 
 SIDE4VIDEO_PRESETS = [n for n in list_models() if isinstance(get_preset(n).build, type)
                       and issubclass(get_preset(n).build, Side4Video) and get_preset(n).task is RECOGNITION]
@@ -50,8 +50,9 @@ def test_cls_shift_directions_and_zero_ends():
 def test_every_preset_builds_and_runs_on_meta(name):
     with torch.device("meta"):
         model = create_model(name, num_classes=10, num_frames=2)
-        size = model.backbone.cfg.image_size
-        logits = model(torch.randn(1, 3, 2, size, size))
+    size = model.backbone.cfg.image_size
+    with MetaNorms():  # LayerNorm's meta outputs without PyTorch's Python decomposition (test_profiler.py)
+        logits = model(torch.empty(1, 3, 2, size, size, device="meta"))
     assert logits.shape == (1, 10)
     vit = model.backbone.cfg
     assert len(model.side.blocks) == model.cfg.side_layers
