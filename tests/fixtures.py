@@ -1,5 +1,6 @@
 """Test-only video generators: broken files, frame folders and frames that carry their own index."""
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -95,3 +96,28 @@ class ToyClips(torch.utils.data.Dataset):
             video[:] = float("nan")
         return {"video": video, "label": label, "view_labels": torch.full((self.views,), label), "index": index,
                 "path": f"toy/{index}"}
+
+
+@contextlib.contextmanager
+def decoded_once():
+    """Within this block each video is decoded once, not once per epoch: the clip and caption datasets read
+    exactly the frames they would read from the file, from memory."""
+    import side4video.data.caption_dataset as captions
+    import side4video.data.dataset as clips
+    from side4video.data.video import video_frame_source
+
+    cache: dict = {}
+
+    def cached(path: str, **kwargs):
+        key = (path, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            n, read = video_frame_source(path, **kwargs)
+            cache[key] = read(np.arange(n))  # (N, H, W, 3)
+        frames = cache[key]
+        return len(frames), lambda indices: frames[np.asarray(indices)]
+
+    clips.video_frame_source = captions.video_frame_source = cached
+    try:
+        yield
+    finally:
+        clips.video_frame_source = captions.video_frame_source = video_frame_source

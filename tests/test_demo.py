@@ -5,10 +5,10 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from fixtures import decoded_once
 from side4video import demo
 from side4video.data import make_motion_dataset
 from side4video.demo import FRAMES, IMAGE_SIZE, METHODS, VAL_PER_CLASS, _train_config, run_demo
@@ -23,21 +23,10 @@ def motion(tmp_path_factory):
 
 
 @pytest.fixture
-def decode_once(monkeypatch):
-    """Each video is decoded once for the whole test instead of once per epoch: training reads exactly the
-    frames it would read from the file, without paying for the decoding 14 times."""
-    import side4video.data.dataset as dataset_module
-
-    original, cache = dataset_module.video_frame_source, {}
-
-    def cached(path: str, **kwargs):
-        if path not in cache:
-            n, read = original(path, **kwargs)
-            cache[path] = read(np.arange(n))  # (N, H, W, 3)
-        frames = cache[path]
-        return len(frames), lambda indices: frames[np.asarray(indices)]
-
-    monkeypatch.setattr(dataset_module, "video_frame_source", cached)
+def decode_once():
+    """Each video decoded once for the whole test, not once per epoch (``fixtures.decoded_once``)."""
+    with decoded_once():
+        yield
 
 
 def _top1(model: str, motion, out: Path) -> float:

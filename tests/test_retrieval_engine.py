@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fixtures import make_corrupt_video
+from fixtures import decoded_once, make_corrupt_video
 from side4video.backbones.text import TEXT_TOWERS, TextTransformer
 from side4video.backbones.tokenizer import load_tokenizer
 from side4video.backbones.vit import build_vit
@@ -73,14 +73,16 @@ def trained(data, tmp_path_factory):
     torch.set_num_threads(1)
     synthetic, tokenizer = data
     out = tmp_path_factory.mktemp("run")
-    code = main([
-        "train", "--task", "retrieval", "--model", "side4video-retrieval-tiny", "--train-list",
-        synthetic.train_file, "--val-list", synthetic.test_file, "--data-root", synthetic.root, "--tokenizer",
-        tokenizer, "--frames", str(FRAMES), "--image-size", str(IMAGE), "--epochs", str(EPOCHS), "--batch-size", "8",
-        "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir", str(out), "--num-workers", "0",
-        "--set", "lr_clip=1e-3", "--set", "weight_decay=0", "--set", "warmup_epochs=1", "--set", "betas=0.9,0.98",
-        "--set", "tensorboard=false", "--set", "log_every=6", "--set", f"eval_every={EPOCHS}",
-    ])
+    with decoded_once():  # each video decoded once for the 5 epochs
+        code = main([
+            "train", "--task", "retrieval", "--model", "side4video-retrieval-tiny", "--train-list",
+            synthetic.train_file, "--val-list", synthetic.test_file, "--data-root", synthetic.root, "--tokenizer",
+            tokenizer, "--frames", str(FRAMES), "--image-size", str(IMAGE), "--epochs", str(EPOCHS),
+            "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--seed", "0", "--output-dir", str(out),
+            "--num-workers", "0",
+            "--set", "lr_clip=1e-3", "--set", "weight_decay=0", "--set", "warmup_epochs=1", "--set", "betas=0.9,0.98",
+            "--set", "tensorboard=false", "--set", "log_every=6", "--set", f"eval_every={EPOCHS}",
+        ])
     assert code == 0
     return out
 
