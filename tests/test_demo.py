@@ -36,7 +36,6 @@ def _top1(model: str, motion, out: Path) -> float:
 
 
 def test_side4video_learns_direction_and_the_frame_mean_probe_cannot(motion, tmp_path, decode_once):
-    torch.set_num_threads(2)
     side4video = _top1("side4video-tiny", motion, tmp_path)
     probe = _top1("frozen-meanp-tiny", motion, tmp_path)
     # 4 classes: chance 25 %; averaged frames show at most the axis of motion, so 50 % is the probe's ceiling
