@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,54 +61,56 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a new temporary file beside ``path``, then atomically make it ``path``."""
-    path = Path(path)
+def _temp_beside(path: Path) -> tuple[Path, int, str]:
+    """``path``'s folder (stale temporary files removed) and a new exclusive temporary file in it."""
     folder = path.parent if str(path.parent) else Path(".")
     remove_stale_temps(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    return folder, fd, tmp
+
+
+def _rename_over(tmp: str, path: Path, folder: Path, fill: Callable[[], Any]) -> None:
+    """``fill()`` the temporary file ``tmp``, rename it over ``path`` and sync the folder; on any error the
+    temporary file is removed."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a new temporary file beside ``path``, then atomically make it ``path``."""
+    path = Path(path)
+    folder, fd, tmp = _temp_beside(path)
+
+    def fill() -> None:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _rename_over(tmp, path, folder, fill)
 
 
 def atomic_copy(src: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make ``path`` a copy of the finished file ``src`` atomically: a hard link to it when the filesystem
     allows (no bytes written: both names then share one file, which later atomic writes never modify in
     place), else a byte copy. Either way a new temporary name is renamed over ``path``."""
-    src = Path(src)
-
-    def write(f: IO[bytes]) -> None:
-        with open(src, "rb") as source:
-            while chunk := source.read(1 << 24):
-                f.write(chunk)
-
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    remove_stale_temps(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    folder, fd, tmp = _temp_beside(path)
     os.close(fd)
     os.unlink(tmp)  # the unpredictable name is ours; the link takes it
     try:
         os.link(src, tmp, follow_symlinks=False)
     except OSError:  # no hard links here (or another filesystem): copy the bytes
-        atomic_write(path, write)
+        with open(src, "rb") as source:
+            atomic_write(path, lambda f: shutil.copyfileobj(source, f))
         return
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    _rename_over(tmp, path, folder, lambda: None)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
