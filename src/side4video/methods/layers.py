@@ -19,6 +19,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _linear_param_grads(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool):
+    """``F.linear``'s weight and bias gradients from ``dy (M, out)`` and its input ``x (M, in)``, both in the
+    matmul's dtype; returned in the weight's dtype (as autocast's cast back gives them)."""
+    return (dy.t() @ x).to(weight.dtype), (dy.sum(0).to(weight.dtype) if has_bias else None)
+
+
 class _LayerNormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, norm_weight, norm_bias, weight, bias, eps: float):
@@ -38,9 +44,8 @@ class _LayerNormLinear(torch.autograd.Function):
         zf, shape = z.to(ctx.h_dtype), list(z.shape[-1:])
         h = torch.ops.aten.native_layer_norm(zf, shape, norm_weight, norm_bias, ctx.eps)[0]  # recomputed
         dy2 = dy.to(ctx.mm_dtype).reshape(-1, dy.shape[-1])  # (M, d)
-        d_weight = (dy2.t() @ h.to(ctx.mm_dtype).reshape(-1, h.shape[-1])).to(weight.dtype)
+        d_weight, d_bias = _linear_param_grads(dy2, h.to(ctx.mm_dtype).reshape(-1, h.shape[-1]), weight, ctx.has_bias)
         del h
-        d_bias = dy2.sum(0).to(weight.dtype) if ctx.has_bias else None
         dh = (dy.to(ctx.mm_dtype) @ weight.to(ctx.mm_dtype)).to(ctx.h_dtype)  # (..., D)
         mask = [ctx.needs_input_grad[0], True, True]
         dz, d_norm_weight, d_norm_bias = torch.ops.aten.native_layer_norm_backward(
@@ -80,14 +85,12 @@ class _LinearGeluLinear(torch.autograd.Function):
         h2 = h.reshape(-1, h.shape[-1])  # (M, H)
         dy2 = dy.to(mm).reshape(-1, dy.shape[-1])  # (M, C_out)
         a = F.gelu(h2)  # recomputed, bit for bit the forward's
-        d_weight2 = (dy2.t() @ a).to(weight2.dtype)
+        d_weight2, d_bias2 = _linear_param_grads(dy2, a, weight2, ctx.has_bias[1])
         del a  # each (M, H) temporary freed as soon as it is used: at most two alive beside h
-        d_bias2 = dy2.sum(0).to(weight2.dtype) if ctx.has_bias[1] else None
         da = dy2 @ weight2.to(mm)  # (M, H)
         dh = torch.ops.aten.gelu_backward(da, h2)
         del da
-        d_weight1 = (dh.t() @ x_mm.reshape(-1, x_mm.shape[-1])).to(weight1.dtype)
-        d_bias1 = dh.sum(0).to(weight1.dtype) if ctx.has_bias[0] else None
+        d_weight1, d_bias1 = _linear_param_grads(dh, x_mm.reshape(-1, x_mm.shape[-1]), weight1, ctx.has_bias[0])
         dx = None
         if ctx.needs_input_grad[0]:
             dx = (dh @ weight1.to(mm)).reshape(x_mm.shape).to(ctx.x_dtype)
